@@ -1,0 +1,181 @@
+"""Exceptions, the error-code table, and the one place error records become exceptions.
+
+Every exception is a :class:`StreamSocketError`, itself an :class:`OSError`
+carrying PHP's ``errno`` and ``errstr`` (``strerror``). Subclasses also derive
+from the builtin exception users already catch: :class:`AddressError` is a
+:class:`ValueError`, :class:`TimeoutError` is the builtin :class:`TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "StreamSocketError",
+    "AddressError",
+    "UnsupportedTransportError",
+    "ConnectError",
+    "TimeoutError",
+    "TLSError",
+    "CertificateVerifyError",
+    "ERROR_CODES",
+    "address_error",
+]
+
+
+class StreamSocketError(OSError):
+    """Base of every streamsock error: ``errno`` and ``errstr`` as PHP reports them.
+
+    ``errno`` is the system error number (``ECONNREFUSED`` is 111, ``ETIMEDOUT``
+    110) or 0 where PHP reports 0 (address, DNS and TLS failures). ``errstr``
+    says what happened; ``code`` is streamsock's own error name
+    (``"SS_ERR_ADDR_PORT_RANGE"``), stable across releases.
+    """
+
+    def __init__(self, errno: int, errstr: str, *, code: str | None = None) -> None:
+        super().__init__(errno, errstr)
+        self.code = code
+
+    @property
+    def errstr(self) -> str:
+        return self.strerror
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class AddressError(StreamSocketError, ValueError):
+    """A malformed address. ``address`` is the input, ``offset``/``length`` the
+    offending text within it (in characters), ``reason`` the rule it broke,
+    ``index`` the position of the input when a batch parse raised it."""
+
+    def __init__(
+        self, errstr: str, *, code: str, address: str, offset: int, length: int, reason: str
+    ) -> None:
+        super().__init__(0, errstr, code=code)
+        self.address = address
+        self.offset = offset
+        self.length = length
+        self.reason = reason
+        self.index: int | None = None  # set by parse_many: which input failed
+
+    def __reduce__(self):
+        return (
+            _rebuild_address_error,
+            (type(self), self.strerror, self.code, self.address, self.offset, self.length, self.reason),
+        )
+
+
+def _rebuild_address_error(cls, errstr, code, address, offset, length, reason):
+    return cls(errstr, code=code, address=address, offset=offset, length=length, reason=reason)
+
+
+class UnsupportedTransportError(AddressError):
+    """The address names a transport this build cannot use: an unknown scheme,
+    or ``sslv2://``/``sslv3://`` with an OpenSSL compiled without them."""
+
+
+class ConnectError(StreamSocketError):
+    """The connection could not be made (refused, unreachable, DNS failure)."""
+
+
+class TimeoutError(StreamSocketError, builtins.TimeoutError):  # noqa: A001 - PHP's name, builtin's base
+    """A deadline passed (``errno`` 110, ``ETIMEDOUT``)."""
+
+
+class TLSError(StreamSocketError):
+    """The TLS layer failed: handshake, protocol, or a STARTTLS rule."""
+
+
+class CertificateVerifyError(TLSError):
+    """The peer's certificate or name did not verify."""
+
+
+# Codes, as in csrc/streamsock.h's enum ss_error.
+OK = 0
+ADDR_EMPTY = -101
+ADDR_TOO_LONG = -102
+ADDR_UNKNOWN_TRANSPORT = -103
+ADDR_HOST_EMPTY = -104
+ADDR_HOST_CHAR = -105
+ADDR_HOST_TOO_LONG = -106
+ADDR_IPV6_BRACKET = -107
+ADDR_IPV6_INVALID = -108
+ADDR_COLONS = -109
+ADDR_AFTER_BRACKET = -110
+ADDR_PORT_EMPTY = -111
+ADDR_PORT_SYNTAX = -112
+ADDR_PORT_RANGE = -113
+ADDR_PATH_EMPTY = -114
+ADDR_PATH_NUL = -115
+ADDR_PATH_TOO_LONG = -116
+ADDR_PORT_MISSING = -117
+ADDR_PORT_TWICE = -118
+ADDR_PORT_UNEXPECTED = -119
+
+# Code -> (name, message). The same table as csrc/internal.h's SS_ERROR_TABLE,
+# so the pure-Python backend reports exactly what the native one does;
+# tests/test_errors.py holds the two together.
+ERROR_CODES: dict[int, tuple[str, str]] = {
+    OK: ("SS_OK", "success"),
+    ADDR_EMPTY: ("SS_ERR_ADDR_EMPTY", "empty address"),
+    ADDR_TOO_LONG: ("SS_ERR_ADDR_TOO_LONG", "address longer than 4294967295 bytes"),
+    ADDR_UNKNOWN_TRANSPORT: ("SS_ERR_ADDR_UNKNOWN_TRANSPORT", "unknown socket transport"),
+    ADDR_HOST_EMPTY: ("SS_ERR_ADDR_HOST_EMPTY", "missing host"),
+    ADDR_HOST_CHAR: ("SS_ERR_ADDR_HOST_CHAR", "invalid character in host"),
+    ADDR_HOST_TOO_LONG: ("SS_ERR_ADDR_HOST_TOO_LONG", "host longer than 255 bytes"),
+    ADDR_IPV6_BRACKET: ("SS_ERR_ADDR_IPV6_BRACKET", "missing ']' after IPv6 address"),
+    ADDR_IPV6_INVALID: ("SS_ERR_ADDR_IPV6_INVALID", "not a valid IPv6 address"),
+    ADDR_COLONS: (
+        "SS_ERR_ADDR_COLONS",
+        "more than one ':' but not an IPv6 address (write an IPv6 address with a port as [addr]:port)",
+    ),
+    ADDR_AFTER_BRACKET: ("SS_ERR_ADDR_AFTER_BRACKET", "expected ':port' after ']'"),
+    ADDR_PORT_EMPTY: ("SS_ERR_ADDR_PORT_EMPTY", "missing port number after ':'"),
+    ADDR_PORT_SYNTAX: ("SS_ERR_ADDR_PORT_SYNTAX", "port must be decimal digits"),
+    ADDR_PORT_RANGE: ("SS_ERR_ADDR_PORT_RANGE", "port out of range 0-65535"),
+    ADDR_PATH_EMPTY: ("SS_ERR_ADDR_PATH_EMPTY", "missing socket path"),
+    ADDR_PATH_NUL: ("SS_ERR_ADDR_PATH_NUL", "NUL byte in socket path"),
+    ADDR_PATH_TOO_LONG: (
+        "SS_ERR_ADDR_PATH_TOO_LONG",
+        "socket path too long (at most 107 bytes, or 108 with the leading NUL of an abstract name)",
+    ),
+    ADDR_PORT_MISSING: ("SS_ERR_ADDR_PORT_MISSING", "missing port"),
+    ADDR_PORT_TWICE: ("SS_ERR_ADDR_PORT_TWICE", "port given twice (in the address and as an argument)"),
+    ADDR_PORT_UNEXPECTED: ("SS_ERR_ADDR_PORT_UNEXPECTED", "unix and udg sockets take no port"),
+}
+
+_IPV6_CODES = frozenset({ADDR_IPV6_BRACKET, ADDR_IPV6_INVALID})
+_QUOTE_LIMIT = 80
+
+
+def quote(text: str) -> str:
+    """``text`` for an error message: control characters escaped, long text cut."""
+    shown = text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+    if shown.isprintable():
+        return shown
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+
+
+def address_error(
+    code: int, address: str, offset: int, length: int, available: tuple[str, ...] = ()
+) -> AddressError:
+    """The exception for parser error ``code`` at ``address[offset:offset + length]``.
+
+    Both backends build their parse errors here, so messages are identical.
+    ``available`` lists the usable transports, for the unknown-transport message.
+    """
+    name, reason = ERROR_CODES[code]
+    text = address[offset : offset + length]
+    if code == ADDR_UNKNOWN_TRANSPORT:
+        message = f'Unable to find the socket transport "{quote(text)}"; available: {", ".join(available)}'
+        return UnsupportedTransportError(
+            message, code=name, address=address, offset=offset, length=length, reason=reason
+        )
+    what = "IPv6 address" if code in _IPV6_CODES else "address"
+    message = f'Failed to parse {what} "{quote(address)}": {reason}'
+    if length:
+        message += f' ("{quote(text)}" at offset {offset})'
+    else:
+        message += f" (at offset {offset})"
+    return AddressError(message, code=name, address=address, offset=offset, length=length, reason=reason)
