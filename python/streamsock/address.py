@@ -58,6 +58,8 @@ _SECURE = frozenset(
     | {Transport.TLSV1_0, Transport.TLSV1_1, Transport.TLSV1_2, Transport.TLSV1_3}
 )
 
+_LOCAL = frozenset({Transport.UNIX, Transport.UDG})
+
 # C enum ss_transport value -> Transport (index = value).
 TRANSPORT_BY_CODE: tuple[Transport | None, ...] = (
     None,
@@ -108,7 +110,7 @@ class Address(tuple):
             raise _e.address_error(_e.ADDR_UNKNOWN_TRANSPORT, str(transport), 0, len(str(transport)),
                                    tuple(Transport)) from None
         if port is not None and (type(port) is not int or not 0 <= port <= 65535):
-            raise _e.address_error(_e.ADDR_PORT_RANGE, str(port), 0, len(str(port)))
+            raise _port_argument_error(str(host), port)
         fields = (transport, host, port, path)
         text = format_address(*fields)
         parsed = parse_pure(text)
@@ -154,8 +156,9 @@ class Address(tuple):
 
 def format_address(transport: str, host: str | None, port: int | None, path: str | None) -> str:
     """The canonical text of an address: lowercase scheme, IPv6 in brackets."""
-    if path is not None or host is None:
+    if transport in _LOCAL:
         return f"{transport}://{path or ''}"
+    host = host or ""
     if ":" in host:
         host = f"[{host}]"
     if port is None:
@@ -326,14 +329,19 @@ def join(parse: Callable[[str], Address], host: str, port: int | None) -> Addres
     if port is None or port == -1:
         return address
     if type(port) is not int or not 0 <= port <= 65535:
-        text = repr(port)
-        raise _e.address_error(_e.ADDR_PORT_RANGE, text, 0, len(text))
+        raise _port_argument_error(host, port)
     if address[3] is not None:
         raise _e.address_error(_e.ADDR_PORT_UNEXPECTED, host, 0, len(host))
     if address[2] is not None:
         colon = host.rfind(":")  # the port already in the text follows its last ':'
         raise _e.address_error(_e.ADDR_PORT_TWICE, host, colon + 1, len(host) - colon - 1)
     return _new(Address, (address[0], address[1], port, None))
+
+
+def _port_argument_error(host: str, port: object) -> _e.AddressError:
+    """A port argument that is not an int in 0-65535, reported in ``host:port`` text."""
+    text = f"{host}:{port}"
+    return _e.address_error(_e.ADDR_PORT_RANGE, text, len(host) + 1, len(text) - len(host) - 1)
 
 
 def check_errors_arg(errors: str) -> None:

@@ -1,0 +1,7 @@
+"""``python -m streamsock``: the same as the ``streamsock`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
