@@ -464,9 +464,13 @@ int main(int argc, char **argv)
         errno = 0;
         switch (opt) {
         case 'n':
+            if (optarg[0] == '-')
+                usage(argv[0]);
             iterations = strtoull(optarg, &end, 10);
             break;
         case 's':
+            if (optarg[0] == '-')
+                usage(argv[0]);
             seed = strtoull(optarg, &end, 0);
             have_seed = 1;
             break;
