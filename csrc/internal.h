@@ -33,6 +33,129 @@
       "abstract name)")                                                                     \
     X(SS_ERR_ADDR_PORT_MISSING, "missing port")                                             \
     X(SS_ERR_ADDR_PORT_TWICE, "port given twice (in the address and as an argument)")      \
-    X(SS_ERR_ADDR_PORT_UNEXPECTED, "unix and udg sockets take no port")
+    X(SS_ERR_ADDR_PORT_UNEXPECTED, "unix and udg sockets take no port")                    \
+    X(SS_ERR_NOMEM, "out of memory")                                                        \
+    X(SS_ERR_SYSTEM, "system call failed")                                                  \
+    X(SS_ERR_RESOLVE, "name resolution failed")                                             \
+    X(SS_ERR_CONNECT, "connection failed")                                                  \
+    X(SS_ERR_TIMEOUT, "timed out")                                                          \
+    X(SS_ERR_CLOSED, "stream is closed")                                                    \
+    X(SS_ERR_STATE, "operation not valid in this state")                                    \
+    X(SS_ERR_UNSUPPORTED, "not supported by this transport or OpenSSL")                    \
+    X(SS_ERR_EOF, "peer closed the connection")                                             \
+    X(SS_ERR_TLS, "TLS error")                                                              \
+    X(SS_ERR_TLS_CONFIG, "invalid TLS configuration")                                       \
+    X(SS_ERR_TLS_VERIFY, "certificate verify failed")                                       \
+    X(SS_ERR_TLS_PEER_NAME, "peer certificate does not match the expected name")            \
+    X(SS_ERR_TLS_FINGERPRINT, "peer certificate fingerprint does not match")                \
+    X(SS_ERR_STARTTLS_BUFFERED,                                                             \
+      "plaintext received before the TLS handshake (possible STARTTLS injection)")          \
+    X(SS_ERR_TLS_ACTIVE, "TLS is already enabled on this stream")                           \
+    X(SS_ERR_BUSY, "stream is in use by another thread")
+
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include <openssl/ssl.h>
+
+/* ---- error.c ---------------------------------------------------------- */
+
+/* Records code, errno and a printf-style message; returns code. */
+int ss__fail(ss_error_info_t *err, int code, int sys_errno, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Records a TLS failure: SSL_get_error of ret, the OpenSSL error queue
+ * (drained), the verify result; message is "<what>: <OpenSSL reason>". */
+int ss__fail_tls(ss_error_info_t *err, int code, SSL *ssl, int ret, const char *what);
+
+/* Appends the OpenSSL error queue's reasons to buf (drained). */
+void ss__drain_openssl_errors(char *buf, size_t cap);
+
+/* ---- tls.c ------------------------------------------------------------ */
+
+struct ss_tls_ctx {
+    SSL_CTX *ssl_ctx;
+    atomic_int refs;            /* Python's owner + each conn using it */
+    int server;
+    int verify_peer;
+    int allow_self_signed;
+    int verify_depth;
+    unsigned char *alpn;        /* server: our protocols, wire format */
+    size_t alpn_len;
+    size_t sni_count;
+    char **sni_names;
+    SSL_CTX **sni_ctxs;
+};
+
+ss_tls_ctx_t *ss__tls_ctx_ref(ss_tls_ctx_t *ctx);
+
+/* Creates conn->ssl on conn->fd for the conn's role and names. */
+int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx);
+/* One handshake step: SS_DONE, SS_WANT_*, or an error recorded on conn. */
+int ss__tls_handshake(ss_conn_t *conn);
+/* One close_notify step: SS_DONE once the peer's close_notify arrived. */
+int ss__tls_shutdown(ss_conn_t *conn);
+int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len);
+int64_t ss__tls_write(ss_conn_t *conn, const char *buf, size_t len);
+void ss__tls_detach(ss_conn_t *conn);
+/* Best effort, never blocks: one SSL_shutdown before the socket closes. */
+void ss__tls_notify_close(ss_conn_t *conn);
+/* Offers the session of `from` for resumption (client side). */
+void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from);
+
+/* ---- sock.c ----------------------------------------------------------- */
+
+/* Looks up host:port for socktype; on failure records SS_ERR_RESOLVE. */
+int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct addrinfo **out);
+/* Starts a non-blocking connect to conn->ai_next; SS_DONE, SS_WANT_WRITE or error. */
+int ss__connect_next(ss_conn_t *conn);
+/* After the socket became writable: SS_DONE, or the connect errno (> 0). */
+int ss__connect_result(ss_conn_t *conn);
+int ss__open_unix(ss_conn_t *conn, int listen_side);
+int ss__listen_inet(ss_conn_t *conn);
+int ss__set_nonblocking(int fd);
+int ss__format_sockaddr(const struct sockaddr *sa, socklen_t len, char *out, size_t cap);
+int ss__poll(int fd, int want, int timeout_ms);
+int64_t ss__sock_read(ss_conn_t *conn, char *buf, size_t len);
+int64_t ss__sock_write(ss_conn_t *conn, const char *buf, size_t len);
+
+/* ---- conn.c ----------------------------------------------------------- */
+
+struct ss_conn {
+    int state;
+    int fd;
+    int transport;
+    int socktype;               /* SOCK_STREAM or SOCK_DGRAM */
+    int accepted;               /* server side of a connection */
+    SSL *ssl;
+    ss_tls_ctx_t *tls;          /* reference held while ssl exists */
+    ss_tls_ctx_t *initial_tls;  /* TLS to start after connect/accept */
+    char *host;
+    int port;
+    char *peer_name;            /* verify + SNI name; NULL: host */
+    int verify_peer_name;
+    int sni_enabled;
+    char path[110];
+    size_t path_len;
+    char *bind_host;
+    int bind_port;
+    int backlog;
+    int tcp_nodelay;
+    int so_reuseport;
+    int so_broadcast;
+    int ipv6_v6only;
+    struct addrinfo *ai_list;
+    struct addrinfo *ai_next;   /* next address to try */
+    int connect_errno;          /* last failure among the addresses tried */
+    int shutdown_sent;
+    char *handback;             /* data read while waiting for close_notify */
+    size_t handback_len;
+    size_t handback_off;
+    ss_error_info_t err;
+};
+
+int ss__conn_fail(ss_conn_t *conn, int code);
 
 #endif

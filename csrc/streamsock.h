@@ -41,7 +41,26 @@ enum ss_error {
     /* raised by the layers above the parser, kept in the same table */
     SS_ERR_ADDR_PORT_MISSING = -117,
     SS_ERR_ADDR_PORT_TWICE = -118,
-    SS_ERR_ADDR_PORT_UNEXPECTED = -119
+    SS_ERR_ADDR_PORT_UNEXPECTED = -119,
+    /* sockets and connections */
+    SS_ERR_NOMEM = -200,
+    SS_ERR_SYSTEM = -201,
+    SS_ERR_RESOLVE = -202,
+    SS_ERR_CONNECT = -203,
+    SS_ERR_TIMEOUT = -204,
+    SS_ERR_CLOSED = -205,
+    SS_ERR_STATE = -206,
+    SS_ERR_UNSUPPORTED = -207,
+    SS_ERR_EOF = -208,
+    /* TLS */
+    SS_ERR_TLS = -300,
+    SS_ERR_TLS_CONFIG = -301,
+    SS_ERR_TLS_VERIFY = -302,
+    SS_ERR_TLS_PEER_NAME = -303,
+    SS_ERR_TLS_FINGERPRINT = -304,
+    SS_ERR_STARTTLS_BUFFERED = -305,
+    SS_ERR_TLS_ACTIVE = -306,
+    SS_ERR_BUSY = -307
 };
 
 /* Transports, in PHP's names. Values are explicit and stable. */
@@ -92,6 +111,208 @@ enum ss_address_limit {
     SS_UNIX_PATH_MAX = 107,     /* bytes in a unix path (sun_path less its NUL) */
     SS_UNIX_ABSTRACT_MAX = 108  /* bytes in an abstract name, leading NUL included */
 };
+
+/* Step results (>= 0; errors are negative ss_error codes). */
+enum ss_want {
+    SS_DONE = 0,
+    SS_WANT_READ = 1,
+    SS_WANT_WRITE = 2
+};
+
+/* Read/write results below zero that are not errors. */
+enum ss_io {
+    SS_IO_WANT_READ = -1,
+    SS_IO_WANT_WRITE = -2
+};
+
+/* Connection states. Every transition is in conn.c's one switch. */
+enum ss_state {
+    SS_STATE_RESOLVE = 1,       /* client: addresses not yet looked up */
+    SS_STATE_CONNECTING = 2,    /* client: non-blocking connect in flight */
+    SS_STATE_HANDSHAKING = 3,   /* TLS handshake (at connect, accept or STARTTLS) */
+    SS_STATE_ESTABLISHED = 4,   /* data flows, plaintext or TLS */
+    SS_STATE_TLS_SHUTDOWN = 5,  /* enable_crypto(false): close_notify exchange */
+    SS_STATE_LISTENING = 6,     /* server socket (tcp/unix listening, udp/udg bound) */
+    SS_STATE_CLOSED = 7,
+    SS_STATE_FAILED = 8
+};
+
+/* What went wrong, recorded where it happened (house rule 6).
+ *   code           enum ss_error
+ *   sys_errno      errno of the failing call (PHP's errno), else 0
+ *   ssl_error      SSL_get_error() of the failing TLS call, else 0
+ *   verify_result  X509 verify result when verification failed, else 0
+ *   message        PHP-style errstr with the details (OpenSSL reason, name) */
+typedef struct ss_error_info {
+    int32_t code;
+    int32_t sys_errno;
+    int32_t ssl_error;
+    int32_t verify_result;
+    char message[512];
+} ss_error_info_t;
+
+/* Options of a TLS context: PHP's ssl context options after validation by
+ * python/streamsock/context.py. Strings are NUL-terminated or NULL; ints are
+ * 0/1 flags unless noted. Read during ss_tls_ctx_new only. */
+typedef struct ss_tls_options {
+    int32_t server;             /* 1: accept side */
+    int32_t verify_peer;
+    int32_t allow_self_signed;
+    int32_t verify_depth;       /* -1: OpenSSL's default */
+    int32_t min_version;        /* TLS1_VERSION etc.; 0: no bound */
+    int32_t max_version;
+    int32_t security_level;     /* -1: OpenSSL's default */
+    int32_t disable_compression;
+    int32_t honor_cipher_order;
+    const char *cafile;
+    const char *capath;
+    const char *local_cert;     /* PEM: certificate (chain) */
+    const char *local_pk;       /* PEM: key; NULL: in local_cert */
+    const char *passphrase;
+    const char *ciphers;        /* TLS 1.2 and older cipher list */
+    const unsigned char *alpn;  /* wire format: length-prefixed names */
+    uint32_t alpn_len;
+    /* server: SNI name -> certificate, as parallel arrays */
+    uint32_t sni_count;
+    const char *const *sni_names;
+    const char *const *sni_certs;
+    const char *const *sni_keys;   /* entries may be NULL: key in the cert file */
+} ss_tls_options_t;
+
+typedef struct ss_tls_ctx ss_tls_ctx_t;
+
+/* Builds an OpenSSL context from opts, loading certificates and the CA
+ * bundle once; share it among any number of connections and threads.
+ * Returns NULL and fills *err on failure. */
+ss_tls_ctx_t *ss_tls_ctx_new(const ss_tls_options_t *opts, ss_error_info_t *err);
+void ss_tls_ctx_free(ss_tls_ctx_t *ctx);
+
+/* Where and how to connect or listen. Strings NUL-terminated or NULL.
+ *   transport   enum ss_transport (the TLS version pins live in the tls ctx)
+ *   host/port   tcp/udp and the TLS transports; host must be non-NULL
+ *   path        unix/udg: path_len bytes, may start with NUL (abstract)
+ *   tls         NULL: plaintext; else TLS starts right after connect/accept
+ *   peer_name   name to verify and to send as SNI (NULL: host)
+ *   bind_host   socket option bindto; bind_port -1: any */
+typedef struct ss_conn_options {
+    int32_t transport;
+    const char *host;
+    int32_t port;
+    const char *path;
+    uint32_t path_len;
+    ss_tls_ctx_t *tls;
+    const char *peer_name;
+    int32_t verify_peer_name;
+    int32_t sni_enabled;
+    const char *bind_host;
+    int32_t bind_port;
+    int32_t backlog;
+    int32_t tcp_nodelay;
+    int32_t so_reuseport;
+    int32_t so_broadcast;
+    int32_t ipv6_v6only;        /* -1: system default */
+} ss_conn_options_t;
+
+typedef struct ss_conn ss_conn_t;
+
+/* A client connection in SS_STATE_RESOLVE; no I/O happens until ss_conn_step.
+ * The conn keeps its own reference to opts->tls and copies of the strings. */
+ss_conn_t *ss_conn_client(const ss_conn_options_t *opts, ss_error_info_t *err);
+
+/* A server socket: resolves, binds and, for stream transports, listens.
+ * Returns NULL and fills *err on failure. */
+ss_conn_t *ss_conn_server(const ss_conn_options_t *opts, ss_error_info_t *err);
+
+/* Accepts one connection from a listening conn without blocking. Returns the
+ * new conn (SS_STATE_HANDSHAKING when the server has TLS, else ESTABLISHED),
+ * or NULL with err->code SS_OK when none is waiting, or NULL with an error. */
+ss_conn_t *ss_conn_accept(ss_conn_t *listener, ss_error_info_t *err);
+
+/* Closes the socket (if open) and frees everything. NULL is a no-op. */
+void ss_conn_free(ss_conn_t *conn);
+
+/* Advances the state machine as far as it goes without blocking: returns
+ * SS_DONE when the state is ESTABLISHED (or LISTENING), SS_WANT_READ or
+ * SS_WANT_WRITE when it must wait for the socket, or a negative error (kept
+ * on the handle: errors stick). */
+int ss_conn_step(ss_conn_t *conn);
+
+/* The blocking driver: steps and polls until SS_DONE, an error, or
+ * timeout_ms passes (SS_ERR_TIMEOUT; -1 waits forever). Blocks the calling
+ * thread only (cffi releases the GIL). */
+int ss_conn_run(ss_conn_t *conn, int32_t timeout_ms);
+
+/* Waits until the socket is ready for `want` (SS_WANT_READ/WRITE). Returns 1
+ * when ready, 0 on timeout, or a negative error. Ready at once when TLS
+ * holds decrypted bytes and want is SS_WANT_READ. */
+int ss_conn_wait(ss_conn_t *conn, int want, int32_t timeout_ms);
+
+/* Reads up to len bytes: returns the count, 0 at end of stream,
+ * SS_IO_WANT_READ/WRITE when it would block, or a negative error. */
+int64_t ss_conn_read(ss_conn_t *conn, char *buf, size_t len);
+
+/* Writes up to len bytes: returns the count (> 0), SS_IO_WANT_READ/WRITE when
+ * nothing could be written without blocking, or a negative error. */
+int64_t ss_conn_write(ss_conn_t *conn, const char *buf, size_t len);
+
+/* Datagram sockets: receive one datagram and its sender's address as text
+ * ("127.0.0.1:53", "[::1]:53", a unix path); send one to a numeric address. */
+int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, size_t peer_cap);
+int64_t ss_conn_sendto(ss_conn_t *conn, const char *buf, size_t len, const char *host, int32_t port,
+                       const char *path, uint32_t path_len);
+
+/* STARTTLS: begins a TLS handshake on an established plaintext stream
+ * (state -> HANDSHAKING; drive it with step/run). A client refuses with
+ * SS_ERR_STARTTLS_BUFFERED when unread bytes already wait in the socket.
+ * session_from (may be NULL): a TLS conn whose session to resume. */
+int ss_conn_start_tls(ss_conn_t *conn, ss_tls_ctx_t *tls, const char *peer_name,
+                      int32_t verify_peer_name, int32_t sni_enabled, const ss_conn_t *session_from);
+
+/* Ends TLS and returns to plaintext: sends close_notify and waits for the
+ * peer's (state -> TLS_SHUTDOWN; drive with step/run). Application data that
+ * arrives before the peer's close_notify is kept and read as usual. */
+int ss_conn_stop_tls(ss_conn_t *conn);
+
+/* shutdown(2): how is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2). */
+int ss_conn_shutdown(ss_conn_t *conn, int32_t how);
+
+/* Closes the socket now, after one non-blocking attempt to send TLS
+ * close_notify; the handle stays valid (state CLOSED). */
+void ss_conn_close(ss_conn_t *conn);
+
+int ss_conn_state(const ss_conn_t *conn);
+int ss_conn_fd(const ss_conn_t *conn);
+int ss_conn_is_tls(const ss_conn_t *conn);
+
+/* Decrypted or handed-back bytes readable without touching the socket. */
+size_t ss_conn_pending(const ss_conn_t *conn);
+
+/* Copies the recorded error (SS_OK when none) into *out; returns its code. */
+int ss_conn_error(const ss_conn_t *conn, ss_error_info_t *out);
+
+/* The local (peer = 0) or remote (peer = 1) address as text, like PHP's
+ * stream_socket_get_name: "127.0.0.1:80", "[::1]:80", or the unix path.
+ * Returns its length, or a negative error. */
+int ss_conn_name(const ss_conn_t *conn, int32_t peer, char *out, size_t cap);
+
+/* The negotiated TLS parameters; fields are "" when there is no TLS. */
+typedef struct ss_tls_info {
+    char protocol[16];         /* "TLSv1.3" */
+    char cipher_name[64];      /* "TLS_AES_256_GCM_SHA384" */
+    int32_t cipher_bits;
+    char cipher_version[16];   /* protocol version that defined the cipher */
+    char alpn[256];            /* selected ALPN protocol, "" if none */
+    char group[64];            /* key-exchange group, e.g. "X25519" */
+    char server_name[256];     /* server side: SNI the client sent */
+    int32_t session_reused;
+} ss_tls_info_t;
+
+int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out);
+
+/* The peer's certificate chain, DER: index 0 is the leaf. Returns the
+ * length (copying when it fits in cap), 0 when there is no such
+ * certificate, or a negative error. */
+int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap);
 
 /* Parses one address of len bytes (not NUL-terminated; NUL bytes are data).
  * Fills *out and returns out->error. Never allocates. */

@@ -1,8 +1,24 @@
-/* OpenSSL: what the linked library can do. */
+/*
+ * OpenSSL: contexts built once from PHP's ssl options, and the TLS steps a
+ * connection takes (attach, handshake, read, write, close_notify). These
+ * functions record errors on the connection but never change its state.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "internal.h"
+
+#define HANDBACK_MAX (1u << 20) /* bytes kept while waiting for the peer's close_notify */
 
 /* Decided when the library is built (house rule 12): the headers of the
  * OpenSSL we link say which protocol versions it was compiled with. */
@@ -51,4 +67,507 @@ int ss_transport_available(int transport)
 const char *ss_openssl_version(void)
 {
     return OpenSSL_version(OPENSSL_VERSION);
+}
+
+/* ---- contexts ---------------------------------------------------------- */
+
+/* PHP's allow_self_signed and verify depth live on our context, found
+ * through the SSL's context app data (no global ex_data index needed). */
+static int verify_callback(int ok, X509_STORE_CTX *store)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    const ss_tls_ctx_t *ctx = ssl ? SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)) : NULL;
+    if (!ok && ctx && ctx->allow_self_signed && X509_STORE_CTX_get_error_depth(store) == 0 &&
+        X509_STORE_CTX_get_error(store) == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT)
+        return 1;
+    return ok;
+}
+
+static int passphrase_callback(char *buf, int size, int rwflag, void *userdata)
+{
+    (void)rwflag;
+    const char *passphrase = userdata;
+    if (!passphrase)
+        return 0;
+    size_t n = strlen(passphrase);
+    if (n > (size_t)size)
+        return 0;
+    memcpy(buf, passphrase, n);
+    return (int)n;
+}
+
+static int alpn_select_callback(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                                const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    const ss_tls_ctx_t *ctx = arg;
+    unsigned char *selected = NULL;
+    if (SSL_select_next_proto(&selected, outlen, ctx->alpn, (unsigned int)ctx->alpn_len, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = selected;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int name_matches(const char *pattern, const char *name)
+{
+    if (strcasecmp(pattern, name) == 0)
+        return 1;
+    if (pattern[0] == '*' && pattern[1] == '.') { /* "*.example.com" covers one label */
+        const char *dot = strchr(name, '.');
+        return dot && dot != name && strcasecmp(pattern + 1, dot) == 0;
+    }
+    return 0;
+}
+
+static int servername_callback(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    const ss_tls_ctx_t *ctx = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name)
+        return SSL_TLSEXT_ERR_NOACK;
+    for (size_t i = 0; i < ctx->sni_count; i++) {
+        if (name_matches(ctx->sni_names[i], name)) {
+            SSL_set_SSL_CTX(ssl, ctx->sni_ctxs[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK; /* keep the default certificate */
+}
+
+static int config_fail(ss_error_info_t *err, const char *fmt, const char *arg)
+{
+    char what[400];
+    snprintf(what, sizeof what, fmt, arg ? arg : "");
+    return ss__fail_tls(err, SS_ERR_TLS_CONFIG, NULL, 0, what);
+}
+
+static int load_certificate(SSL_CTX *ssl_ctx, const char *cert, const char *key, const char *passphrase,
+                            ss_error_info_t *err)
+{
+    SSL_CTX_set_default_passwd_cb(ssl_ctx, passphrase_callback);
+    SSL_CTX_set_default_passwd_cb_userdata(ssl_ctx, (void *)passphrase);
+    int rc = SS_OK;
+    if (SSL_CTX_use_certificate_chain_file(ssl_ctx, cert) != 1)
+        rc = config_fail(err, "Unable to set local cert chain file `%s'", cert);
+    else if (SSL_CTX_use_PrivateKey_file(ssl_ctx, key ? key : cert, SSL_FILETYPE_PEM) != 1)
+        rc = config_fail(err, "Unable to set private key file `%s'", key ? key : cert);
+    else if (SSL_CTX_check_private_key(ssl_ctx) != 1)
+        rc = config_fail(err, "Private key does not match certificate `%s'", cert);
+    /* The passphrase is the caller's buffer: never keep a pointer to it. */
+    SSL_CTX_set_default_passwd_cb(ssl_ctx, NULL);
+    SSL_CTX_set_default_passwd_cb_userdata(ssl_ctx, NULL);
+    return rc;
+}
+
+/* Settings shared by the main context and the per-SNI-name ones. */
+static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_error_info_t *err)
+{
+    SSL_CTX *c = SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
+    if (!c) {
+        ss__fail_tls(err, SS_ERR_NOMEM, NULL, 0, "SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_app_data(c, ctx);
+    SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* A peer that closes without close_notify reads as end of stream, as in PHP. */
+    long options = SSL_OP_IGNORE_UNEXPECTED_EOF;
+    if (o->disable_compression)
+        options |= SSL_OP_NO_COMPRESSION;
+    if (o->honor_cipher_order)
+        options |= SSL_OP_CIPHER_SERVER_PREFERENCE;
+    SSL_CTX_set_options(c, (uint64_t)options);
+    if (o->security_level >= 0)
+        SSL_CTX_set_security_level(c, o->security_level);
+    if ((o->min_version && SSL_CTX_set_min_proto_version(c, o->min_version) != 1) ||
+        (o->max_version && SSL_CTX_set_max_proto_version(c, o->max_version) != 1)) {
+        config_fail(err, "%sunsupported protocol version range", "");
+        SSL_CTX_free(c);
+        return NULL;
+    }
+    if (o->ciphers && SSL_CTX_set_cipher_list(c, o->ciphers) != 1) {
+        config_fail(err, "Failed setting cipher list `%s'", o->ciphers);
+        SSL_CTX_free(c);
+        return NULL;
+    }
+    if (o->verify_depth >= 0)
+        SSL_CTX_set_verify_depth(c, o->verify_depth);
+    int mode = SSL_VERIFY_NONE;
+    if (o->verify_peer)
+        mode = o->server ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER;
+    SSL_CTX_set_verify(c, mode, o->verify_peer ? verify_callback : NULL);
+    if (o->server) {
+        static const unsigned char sid_ctx[] = "streamsock";
+        SSL_CTX_set_session_id_context(c, sid_ctx, sizeof sid_ctx - 1);
+        if (ctx->alpn_len)
+            SSL_CTX_set_alpn_select_cb(c, alpn_select_callback, ctx);
+    } else if (o->alpn_len && SSL_CTX_set_alpn_protos(c, o->alpn, o->alpn_len) != 0) {
+        config_fail(err, "%sinvalid alpn_protocols", "");
+        SSL_CTX_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int load_trust(SSL_CTX *c, const ss_tls_options_t *o, ss_error_info_t *err)
+{
+    if (o->cafile || o->capath) {
+        if (SSL_CTX_load_verify_locations(c, o->cafile, o->capath) != 1)
+            return config_fail(err, "Unable to set verify locations `%s'", o->cafile ? o->cafile : o->capath);
+        if (o->server && o->cafile) {
+            STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->cafile);
+            if (names)
+                SSL_CTX_set_client_CA_list(c, names);
+        }
+    } else if (SSL_CTX_set_default_verify_paths(c) != 1) {
+        return config_fail(err, "%sUnable to load the system trust store", "");
+    }
+    return SS_OK;
+}
+
+ss_tls_ctx_t *ss_tls_ctx_new(const ss_tls_options_t *o, ss_error_info_t *err)
+{
+    ss__fail(err, SS_OK, 0, "%s", "");
+    ss_tls_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) {
+        ss__fail(err, SS_ERR_NOMEM, ENOMEM, "out of memory");
+        return NULL;
+    }
+    atomic_init(&ctx->refs, 1);
+    ctx->server = o->server != 0;
+    ctx->verify_peer = o->verify_peer != 0;
+    ctx->allow_self_signed = o->allow_self_signed != 0;
+    ctx->verify_depth = o->verify_depth;
+    ERR_clear_error();
+    if (o->server && o->alpn_len) {
+        ctx->alpn = malloc(o->alpn_len);
+        if (!ctx->alpn)
+            goto nomem;
+        memcpy(ctx->alpn, o->alpn, o->alpn_len);
+        ctx->alpn_len = o->alpn_len;
+    }
+    ctx->ssl_ctx = new_ssl_ctx(ctx, o, err);
+    if (!ctx->ssl_ctx)
+        goto fail;
+    if ((o->verify_peer || !o->server) && load_trust(ctx->ssl_ctx, o, err) != SS_OK)
+        goto fail;
+    if (o->local_cert && load_certificate(ctx->ssl_ctx, o->local_cert, o->local_pk, o->passphrase, err) != SS_OK)
+        goto fail;
+    if (o->server && o->sni_count) {
+        ctx->sni_names = calloc(o->sni_count, sizeof *ctx->sni_names);
+        ctx->sni_ctxs = calloc(o->sni_count, sizeof *ctx->sni_ctxs);
+        if (!ctx->sni_names || !ctx->sni_ctxs)
+            goto nomem;
+        for (uint32_t i = 0; i < o->sni_count; i++) {
+            ctx->sni_count = i + 1; /* free what exists on failure */
+            ctx->sni_names[i] = strdup(o->sni_names[i]);
+            if (!ctx->sni_names[i])
+                goto nomem;
+            ctx->sni_ctxs[i] = new_ssl_ctx(ctx, o, err);
+            if (!ctx->sni_ctxs[i])
+                goto fail;
+            if (o->verify_peer && load_trust(ctx->sni_ctxs[i], o, err) != SS_OK)
+                goto fail;
+            if (load_certificate(ctx->sni_ctxs[i], o->sni_certs[i], o->sni_keys[i], o->passphrase, err) != SS_OK)
+                goto fail;
+        }
+        SSL_CTX_set_tlsext_servername_callback(ctx->ssl_ctx, servername_callback);
+        SSL_CTX_set_tlsext_servername_arg(ctx->ssl_ctx, ctx);
+    }
+    if (o->server && !o->local_cert && !o->sni_count) {
+        config_fail(err, "%sa TLS server needs local_cert (or SNI_server_certs)", "");
+        goto fail;
+    }
+    return ctx;
+nomem:
+    ss__fail(err, SS_ERR_NOMEM, ENOMEM, "out of memory");
+fail:
+    ss_tls_ctx_free(ctx);
+    return NULL;
+}
+
+ss_tls_ctx_t *ss__tls_ctx_ref(ss_tls_ctx_t *ctx)
+{
+    atomic_fetch_add(&ctx->refs, 1);
+    return ctx;
+}
+
+void ss_tls_ctx_free(ss_tls_ctx_t *ctx)
+{
+    if (!ctx || atomic_fetch_sub(&ctx->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < ctx->sni_count; i++) {
+        free(ctx->sni_names[i]);
+        SSL_CTX_free(ctx->sni_ctxs[i]);
+    }
+    free(ctx->sni_names);
+    free(ctx->sni_ctxs);
+    free(ctx->alpn);
+    SSL_CTX_free(ctx->ssl_ctx);
+    free(ctx);
+}
+
+/* ---- per connection ------------------------------------------------------ */
+
+/* An IP literal (zone stripped into buf) gets an IP check and no SNI (RFC 6066). */
+static int ip_literal(const char *name, char *buf, size_t cap)
+{
+    size_t n = strcspn(name, "%");
+    if (n >= cap)
+        return 0;
+    memcpy(buf, name, n);
+    buf[n] = '\0';
+    unsigned char addr[16];
+    return inet_pton(AF_INET, buf, addr) == 1 || inet_pton(AF_INET6, buf, addr) == 1;
+}
+
+static const char *expected_name(const ss_conn_t *conn)
+{
+    return conn->peer_name ? conn->peer_name : conn->host;
+}
+
+int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
+{
+    ERR_clear_error();
+    SSL *ssl = SSL_new(ctx->ssl_ctx);
+    if (!ssl)
+        return ss__fail_tls(&conn->err, SS_ERR_NOMEM, NULL, 0, "SSL_new failed");
+    if (SSL_set_fd(ssl, conn->fd) != 1) {
+        SSL_free(ssl);
+        return ss__fail_tls(&conn->err, SS_ERR_TLS, NULL, 0, "SSL_set_fd failed");
+    }
+    if (ctx->server) {
+        SSL_set_accept_state(ssl);
+    } else {
+        SSL_set_connect_state(ssl);
+        const char *name = expected_name(conn);
+        char ip[INET6_ADDRSTRLEN + 1];
+        if (name && name[0]) {
+            int is_ip = ip_literal(name, ip, sizeof ip);
+            int ok = 1;
+            if (conn->sni_enabled && !is_ip)
+                ok = SSL_set_tlsext_host_name(ssl, name) == 1;
+            if (ok && conn->verify_peer_name && ctx->verify_peer) {
+                SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+                ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip) == 1
+                           : SSL_set1_host(ssl, name) == 1;
+            }
+            if (!ok) {
+                SSL_free(ssl);
+                return ss__fail_tls(&conn->err, SS_ERR_TLS_CONFIG, NULL, 0, "invalid peer name");
+            }
+        }
+    }
+    conn->ssl = ssl;
+    conn->tls = ss__tls_ctx_ref(ctx);
+    conn->shutdown_sent = 0;
+    return SS_OK;
+}
+
+void ss__tls_detach(ss_conn_t *conn)
+{
+    SSL_free(conn->ssl);
+    conn->ssl = NULL;
+    ss_tls_ctx_free(conn->tls);
+    conn->tls = NULL;
+    conn->shutdown_sent = 0;
+}
+
+void ss__tls_notify_close(ss_conn_t *conn)
+{
+    ERR_clear_error();
+    SSL_shutdown(conn->ssl);
+    ERR_clear_error();
+}
+
+void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from)
+{
+    SSL_SESSION *session = SSL_get_session(from->ssl);
+    if (session && SSL_SESSION_is_resumable(session))
+        SSL_set_session(conn->ssl, session);
+}
+
+/* verify_peer off but verify_peer_name on: PHP still checks the name. */
+static int check_name_without_chain(ss_conn_t *conn)
+{
+    if (conn->tls->server || conn->tls->verify_peer || !conn->verify_peer_name)
+        return SS_OK;
+    const char *name = expected_name(conn);
+    X509 *cert = SSL_get0_peer_certificate(conn->ssl);
+    if (!name || !cert)
+        return SS_OK;
+    char ip[INET6_ADDRSTRLEN + 1];
+    int match = ip_literal(name, ip, sizeof ip) ? X509_check_ip_asc(cert, ip, 0)
+                                                : X509_check_host(cert, name, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL);
+    if (match == 1)
+        return SS_OK;
+    return ss__fail(&conn->err, SS_ERR_TLS_PEER_NAME, 0, "Peer certificate CN or subjectAltName did not match expected \"%s\"",
+                    name);
+}
+
+int ss__tls_handshake(ss_conn_t *conn)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(conn->ssl);
+    if (rc == 1)
+        return check_name_without_chain(conn);
+    int e = SSL_get_error(conn->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ)
+        return SS_WANT_READ;
+    if (e == SSL_ERROR_WANT_WRITE)
+        return SS_WANT_WRITE;
+    int code = ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, rc, "TLS handshake failed");
+    long verify = conn->err.verify_result;
+    if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+        size_t used = strlen(conn->err.message);
+        snprintf(conn->err.message + used, sizeof conn->err.message - used, " (expected \"%s\")", expected_name(conn));
+    }
+    return code;
+}
+
+static int keep_handback(ss_conn_t *conn, const char *buf, size_t n)
+{
+    if (conn->handback_len + n > HANDBACK_MAX)
+        return ss__fail(&conn->err, SS_ERR_TLS, 0, "more than %u bytes arrived before the peer's close_notify",
+                        HANDBACK_MAX);
+    char *grown = realloc(conn->handback, conn->handback_len + n);
+    if (!grown)
+        return ss__fail(&conn->err, SS_ERR_NOMEM, ENOMEM, "out of memory");
+    memcpy(grown + conn->handback_len, buf, n);
+    conn->handback = grown;
+    conn->handback_len += n;
+    return SS_OK;
+}
+
+int ss__tls_shutdown(ss_conn_t *conn)
+{
+    if (!conn->shutdown_sent) {
+        ERR_clear_error();
+        int rc = SSL_shutdown(conn->ssl);
+        if (rc < 0) {
+            int e = SSL_get_error(conn->ssl, rc);
+            if (e == SSL_ERROR_WANT_READ)
+                return SS_WANT_READ;
+            if (e == SSL_ERROR_WANT_WRITE)
+                return SS_WANT_WRITE;
+            return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, rc, "TLS shutdown failed");
+        }
+        conn->shutdown_sent = 1;
+        if (rc == 1)
+            return SS_DONE;
+    }
+    /* Our close_notify is out; read until the peer's, keeping its data. */
+    char buf[16384];
+    for (;;) {
+        ERR_clear_error();
+        int n = SSL_read(conn->ssl, buf, sizeof buf);
+        if (n > 0) {
+            int rc = keep_handback(conn, buf, (size_t)n);
+            if (rc != SS_OK)
+                return rc;
+            continue;
+        }
+        int e = SSL_get_error(conn->ssl, n);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return SS_DONE;
+        if (e == SSL_ERROR_WANT_READ)
+            return SS_WANT_READ;
+        if (e == SSL_ERROR_WANT_WRITE)
+            return SS_WANT_WRITE;
+        return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, n, "TLS shutdown failed");
+    }
+}
+
+int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len)
+{
+    ERR_clear_error();
+    int n = SSL_read(conn->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+    if (n > 0)
+        return n;
+    switch (SSL_get_error(conn->ssl, n)) {
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_WANT_READ:
+        return SS_IO_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return SS_IO_WANT_WRITE;
+    default:
+        return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, n, "TLS read failed");
+    }
+}
+
+int64_t ss__tls_write(ss_conn_t *conn, const char *buf, size_t len)
+{
+    ERR_clear_error();
+    int n = SSL_write(conn->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+    if (n > 0)
+        return n;
+    switch (SSL_get_error(conn->ssl, n)) {
+    case SSL_ERROR_WANT_READ:
+        return SS_IO_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return SS_IO_WANT_WRITE;
+    default:
+        return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, n, "TLS write failed");
+    }
+}
+
+static void copy_text(char *out, size_t cap, const char *text)
+{
+    snprintf(out, cap, "%s", text ? text : "");
+}
+
+int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out)
+{
+    memset(out, 0, sizeof *out);
+    SSL *ssl = conn->ssl;
+    if (!ssl)
+        return SS_OK;
+    copy_text(out->protocol, sizeof out->protocol, SSL_get_version(ssl));
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+    if (cipher) {
+        copy_text(out->cipher_name, sizeof out->cipher_name, SSL_CIPHER_get_name(cipher));
+        out->cipher_bits = SSL_CIPHER_get_bits(cipher, NULL);
+        copy_text(out->cipher_version, sizeof out->cipher_version, SSL_CIPHER_get_version(cipher));
+    }
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    if (alpn_len && alpn_len < sizeof out->alpn) {
+        memcpy(out->alpn, alpn, alpn_len);
+        out->alpn[alpn_len] = '\0';
+    }
+    int group = SSL_get_negotiated_group(ssl);
+    if (group > 0)
+        copy_text(out->group, sizeof out->group, SSL_group_to_name(ssl, group));
+    copy_text(out->server_name, sizeof out->server_name, SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
+    out->session_reused = SSL_session_reused(ssl);
+    return SS_OK;
+}
+
+int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap)
+{
+    if (!conn->ssl || index < 0)
+        return 0;
+    X509 *cert = NULL;
+    if (index == 0) {
+        cert = SSL_get0_peer_certificate(conn->ssl);
+    } else {
+        /* The client side's chain starts with the leaf; the server side's does not. */
+        STACK_OF(X509) *chain = SSL_get_peer_cert_chain(conn->ssl);
+        int at = conn->accepted ? index - 1 : index;
+        if (chain && at < sk_X509_num(chain))
+            cert = sk_X509_value(chain, at);
+    }
+    if (!cert)
+        return 0;
+    int len = i2d_X509(cert, NULL);
+    if (len <= 0)
+        return SS_ERR_TLS;
+    if ((size_t)len <= cap) {
+        unsigned char *p = out;
+        i2d_X509(cert, &p);
+    }
+    return len;
 }

@@ -12,6 +12,8 @@ import streamsock
 
 DATA = Path(__file__).parent / "data"
 
+pytest_plugins = ["peers"]  # loopback servers, certificates: tests/peers.py
+
 
 def _available_backends() -> list[str]:
     names = ["pure"]

@@ -30,7 +30,7 @@ JOIN_VECTORS = _vectors("join")
 def test_vector_count_covers_every_error_code():
     assert len(VECTORS) >= 150
     raised_by_parser = {v["error"] for v in VECTORS if "error" in v}
-    codes = {name for name, _ in ss.errors.ERROR_CODES.values()} - {"SS_OK"}
+    codes = {name for name, _ in ss.errors.ERROR_CODES.values() if name.startswith("SS_ERR_ADDR_")}
     not_from_parse = {"SS_ERR_ADDR_TOO_LONG", "SS_ERR_ADDR_PORT_MISSING"}
     not_from_parse |= {"SS_ERR_ADDR_PORT_TWICE", "SS_ERR_ADDR_PORT_UNEXPECTED"}
     assert codes - not_from_parse == raised_by_parser

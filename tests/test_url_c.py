@@ -139,6 +139,8 @@ def _compile(out: Path, sources: list[Path]) -> Path:
         *map(str, sources),
         "-o",
         str(out),
+        "-lssl",  # error.c reads OpenSSL's error queue
+        "-lcrypto",
     ]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT, check=False

@@ -16,6 +16,47 @@ from typing import Iterable
 
 from . import _backend
 from .address import Address, AddressBatch, Transport
+from .context import (
+    CRYPTO_METHOD_ANY_CLIENT,
+    CRYPTO_METHOD_ANY_SERVER,
+    CRYPTO_METHOD_SSLv2_CLIENT,
+    CRYPTO_METHOD_SSLv2_SERVER,
+    CRYPTO_METHOD_SSLv3_CLIENT,
+    CRYPTO_METHOD_SSLv3_SERVER,
+    CRYPTO_METHOD_SSLv23_CLIENT,
+    CRYPTO_METHOD_SSLv23_SERVER,
+    CRYPTO_METHOD_TLS_ANY_CLIENT,
+    CRYPTO_METHOD_TLS_ANY_SERVER,
+    CRYPTO_METHOD_TLS_CLIENT,
+    CRYPTO_METHOD_TLS_SERVER,
+    CRYPTO_METHOD_TLSv1_0_CLIENT,
+    CRYPTO_METHOD_TLSv1_0_SERVER,
+    CRYPTO_METHOD_TLSv1_1_CLIENT,
+    CRYPTO_METHOD_TLSv1_1_SERVER,
+    CRYPTO_METHOD_TLSv1_2_CLIENT,
+    CRYPTO_METHOD_TLSv1_2_SERVER,
+    CRYPTO_METHOD_TLSv1_3_CLIENT,
+    CRYPTO_METHOD_TLSv1_3_SERVER,
+    CRYPTO_PROTO_SSLv3,
+    CRYPTO_PROTO_TLSv1_0,
+    CRYPTO_PROTO_TLSv1_1,
+    CRYPTO_PROTO_TLSv1_2,
+    CRYPTO_PROTO_TLSv1_3,
+    Context,
+)
+from .stream import (
+    CLIENT_ASYNC_CONNECT,
+    CLIENT_CONNECT,
+    CLIENT_PERSISTENT,
+    SERVER_BIND,
+    SERVER_LISTEN,
+    SHUT_RD,
+    SHUT_RDWR,
+    SHUT_WR,
+    Server,
+    Stream,
+    select,
+)
 from .errors import (
     AddressError,
     CertificateVerifyError,
@@ -29,6 +70,21 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLIENT_ASYNC_CONNECT",
+    "CLIENT_CONNECT",
+    "CLIENT_PERSISTENT",
+    "Context",
+    "SERVER_BIND",
+    "SERVER_LISTEN",
+    "SHUT_RD",
+    "SHUT_RDWR",
+    "SHUT_WR",
+    "Server",
+    "Stream",
+    "client",
+    "fsockopen",
+    "select",
+    "server",
     "Address",
     "AddressBatch",
     "AddressError",
@@ -87,6 +143,33 @@ def join(host: str, port: int | None = None) -> Address:
     with a port is an :class:`AddressError` (PHP ignores the argument).
     """
     return _active.join(host, port)
+
+
+def client(address: Address | str, timeout: float | None = None, context: Context | None = None,
+           flags: int = CLIENT_CONNECT) -> Stream:
+    """Connect, as PHP's ``stream_socket_client``: ``client("tls://example.com:443", timeout=5)``.
+
+    ``timeout`` bounds resolution, connect and the TLS handshake together
+    (default 60 s, PHP's default_socket_timeout; negative: no limit).
+    ``flags=CLIENT_ASYNC_CONNECT`` returns at once; the first read or write
+    (or :func:`select` for writability) finishes connecting. Raises
+    :class:`ConnectError` (refused: errno 111), :class:`TimeoutError` (errno
+    110), :class:`TLSError` or :class:`CertificateVerifyError`.
+    """
+    return _active.client(address, timeout, context, flags)
+
+
+def fsockopen(host: str, port: int | None = None, timeout: float | None = None,
+              context: Context | None = None) -> Stream:
+    """PHP's ``fsockopen(host, port)``: ``fsockopen("ssl://example.com", 443)``."""
+    return _active.fsockopen(host, port, timeout, context)
+
+
+def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
+           context: Context | None = None) -> Server:
+    """Listen (tcp, ssl/tls, unix) or bind (udp, udg), as PHP's ``stream_socket_server``.
+    Port 0 picks a free port: see ``Server.local_name``."""
+    return _active.server(address, flags, context)
 
 
 def openssl_version() -> str:

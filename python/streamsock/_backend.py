@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from . import stream as _stream
 from .address import Address, join
 
 __all__ = ["Backend", "BackendUnavailableError", "get", "select"]
@@ -31,6 +32,18 @@ class Backend:
     def join(self, host: str, port: int | None = None) -> Address:
         """PHP ``fsockopen``-style joining of a host and a port into an Address."""
         return join(self.parse, host, port)
+
+    def client(self, address, timeout=None, context=None, flags=_stream.CLIENT_CONNECT) -> _stream.Stream:
+        """PHP's stream_socket_client; see :func:`streamsock.client`."""
+        return _stream.client(self, address, timeout, context, flags)
+
+    def fsockopen(self, host: str, port: int | None = None, timeout=None, context=None) -> _stream.Stream:
+        """PHP's fsockopen; see :func:`streamsock.fsockopen`."""
+        return _stream.fsockopen(self, host, port, timeout, context)
+
+    def server(self, address, flags=_stream.SERVER_BIND | _stream.SERVER_LISTEN, context=None) -> _stream.Server:
+        """PHP's stream_socket_server; see :func:`streamsock.server`."""
+        return _stream.server(self, address, flags, context)
 
     def openssl_version(self) -> str:
         """The OpenSSL this backend is linked to."""

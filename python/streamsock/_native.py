@@ -219,3 +219,281 @@ def parse_many(texts: Iterable[str], errors: str = "raise") -> list:
 
 def parse_batch(texts: Iterable[str]) -> NativeAddressBatch:
     return NativeAddressBatch(texts if type(texts) is list else list(texts))
+
+
+# --- connections ------------------------------------------------------------------
+
+_IO_WANT = {lib.SS_IO_WANT_READ: lib.SS_WANT_READ, lib.SS_IO_WANT_WRITE: lib.SS_WANT_WRITE}
+_READ_CHUNK = 65536
+_STATE_NAMES = {
+    getattr(lib, name): name.removeprefix("SS_STATE_").lower() for name in dir(lib) if name.startswith("SS_STATE_")
+}
+
+
+def _text(chars) -> str:
+    return ffi.string(chars).decode("utf-8", "replace")
+
+
+def _raise_record(err, context: str | None = None):
+    raise _e.from_native(err.code, err.sys_errno, _text(err.message), context=context, verify_result=err.verify_result)
+
+
+def _timeout_ms(timeout: float | None) -> int:
+    if timeout is None or timeout < 0:
+        return -1
+    return min(int(timeout * 1000), 0x7FFFFFFF)
+
+
+class _Strings:
+    """Keeps the C strings of one call alive until the call returns."""
+
+    __slots__ = ("keep",)
+
+    def __init__(self) -> None:
+        self.keep: list = []
+
+    def __call__(self, value: str | bytes | None):
+        if value is None:
+            return ffi.NULL
+        data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        cdata = ffi.new("char[]", data)
+        self.keep.append(cdata)
+        return cdata
+
+
+def compile_tls(settings) -> object:
+    """An ss_tls_ctx_t for TLSSettings, owned by Python (freed with its last conn)."""
+    s = _Strings()
+    o = ffi.new("ss_tls_options_t *")
+    o.server = settings.server
+    o.verify_peer = settings.verify_peer
+    o.allow_self_signed = settings.allow_self_signed
+    o.verify_depth = settings.verify_depth
+    o.min_version = settings.min_version
+    o.max_version = settings.max_version
+    o.security_level = settings.security_level
+    o.disable_compression = settings.disable_compression
+    o.honor_cipher_order = settings.honor_cipher_order
+    o.cafile = s(settings.cafile)
+    o.capath = s(settings.capath)
+    o.local_cert = s(settings.local_cert)
+    o.local_pk = s(settings.local_pk)
+    o.passphrase = s(settings.passphrase)
+    o.ciphers = s(settings.ciphers)
+    alpn = s(settings.alpn) if settings.alpn else ffi.NULL
+    o.alpn = ffi.cast("const unsigned char *", alpn)
+    o.alpn_len = len(settings.alpn)
+    if settings.sni_certs:
+        names = [s(name) for name, _, _ in settings.sni_certs]
+        certs = [s(cert) for _, cert, _ in settings.sni_certs]
+        keys = [s(key) for _, _, key in settings.sni_certs]
+        arrays = [ffi.new("const char *[]", items) for items in (names, certs, keys)]
+        s.keep.extend(arrays)
+        o.sni_count = len(names)
+        o.sni_names, o.sni_certs, o.sni_keys = arrays
+    err = ffi.new("ss_error_info_t *")
+    handle = lib.ss_tls_ctx_new(o, err)
+    if handle == ffi.NULL:
+        _raise_record(err)
+    return ffi.gc(handle, lib.ss_tls_ctx_free)
+
+
+def _conn_options(address: Address, context, tls, s: _Strings):
+    o = ffi.new("ss_conn_options_t *")
+    o.transport = TRANSPORT_BY_CODE.index(address.transport)
+    o.port = -1 if address.port is None else address.port
+    if address.path is not None:
+        path = address.path.encode("utf-8", "surrogateescape")
+        o.path = s(path)
+        o.path_len = len(path)
+    else:
+        o.host = s(address.host)
+    o.tls = tls if tls is not None else ffi.NULL
+    peer_name = context.peer_name(address)
+    o.peer_name = s(peer_name)
+    o.verify_peer_name = context.verify_peer_name
+    o.sni_enabled = context.sni_enabled
+    bind_host, bind_port = context.bindto()
+    o.bind_host = s(bind_host)
+    o.bind_port = bind_port
+    so = context.socket
+    o.backlog = so.get("backlog", 32)
+    o.tcp_nodelay = so.get("tcp_nodelay", False)
+    o.so_reuseport = so.get("so_reuseport", False)
+    o.so_broadcast = so.get("so_broadcast", False)
+    o.ipv6_v6only = int(so["ipv6_v6only"]) if "ipv6_v6only" in so else -1
+    return o
+
+
+class NativeConnection:
+    """One C connection handle (``ss_conn_t``) behind the backend connection interface."""
+
+    __slots__ = ("_h", "_buf", "__weakref__")
+
+    def __init__(self, handle) -> None:
+        self._h = ffi.gc(handle, lib.ss_conn_free)
+        self._buf = None
+
+    def _raise(self, context: str | None = None):
+        err = ffi.new("ss_error_info_t *")
+        lib.ss_conn_error(self._h, err)
+        _raise_record(err, context)
+
+    def fileno(self) -> int:
+        return lib.ss_conn_fd(self._h)
+
+    @property
+    def state(self) -> str:
+        return _STATE_NAMES.get(lib.ss_conn_state(self._h), "unknown")
+
+    @property
+    def is_tls(self) -> bool:
+        return bool(lib.ss_conn_is_tls(self._h))
+
+    def step(self, context: str | None = None) -> int:
+        rc = lib.ss_conn_step(self._h)
+        if rc < 0:
+            self._raise(context)
+        return rc
+
+    def run(self, timeout: float | None, context: str | None = None) -> None:
+        if lib.ss_conn_run(self._h, _timeout_ms(timeout)) < 0:
+            self._raise(context)
+
+    def wait(self, want: int, timeout: float | None) -> bool:
+        rc = lib.ss_conn_wait(self._h, want, _timeout_ms(timeout))
+        if rc < 0:
+            self._raise()
+        return rc == 1
+
+    def read(self, size: int):
+        """bytes (b"" at end of stream), or WANT_READ / WANT_WRITE."""
+        buf = self._buf
+        if buf is None or size > _READ_CHUNK:
+            buf = ffi.new("char[]", max(size, _READ_CHUNK))
+            if self._buf is None:
+                self._buf = buf
+        n = lib.ss_conn_read(self._h, buf, size)
+        if n > 0:
+            return ffi.buffer(buf, n)[:]
+        if n == 0:
+            return b""
+        if n in _IO_WANT:
+            return _IO_WANT[n]
+        self._raise()
+
+    def write(self, data) -> int:
+        """Bytes written (> 0), or -WANT_READ / -WANT_WRITE when nothing could be."""
+        n = lib.ss_conn_write(self._h, ffi.from_buffer(data), len(data))
+        if n > 0 or n == 0:
+            return n
+        if n in _IO_WANT:
+            return -_IO_WANT[n]
+        self._raise()
+
+    def recvfrom(self, size: int):
+        buf = ffi.new("char[]", max(size, 1))
+        peer = ffi.new("char[]", 128)
+        n = lib.ss_conn_recvfrom(self._h, buf, size, peer, 128)
+        if n >= 0:
+            return ffi.buffer(buf, n)[:], _text(peer)
+        if n in _IO_WANT:
+            return _IO_WANT[n]
+        self._raise()
+
+    def sendto(self, data, address: Address) -> int:
+        s = _Strings()
+        if address.path is not None:
+            path = address.path.encode("utf-8", "surrogateescape")
+            n = lib.ss_conn_sendto(self._h, ffi.from_buffer(data), len(data), ffi.NULL, 0, s(path), len(path))
+        else:
+            n = lib.ss_conn_sendto(
+                self._h, ffi.from_buffer(data), len(data), s(address.host), address.port or 0, ffi.NULL, 0
+            )
+        if n >= 0:
+            return n
+        if n in _IO_WANT:
+            return -_IO_WANT[n]
+        self._raise()
+
+    def start_tls(self, tls, peer_name: str | None, verify_peer_name: bool, sni_enabled: bool,
+                  session_from: "NativeConnection | None" = None) -> None:
+        s = _Strings()
+        session = session_from._h if session_from is not None else ffi.NULL
+        if lib.ss_conn_start_tls(self._h, tls, s(peer_name), verify_peer_name, sni_enabled, session) < 0:
+            self._raise()
+
+    def stop_tls(self) -> None:
+        if lib.ss_conn_stop_tls(self._h) < 0:
+            self._raise()
+
+    def shutdown(self, how: int) -> None:
+        if lib.ss_conn_shutdown(self._h, how) < 0:
+            self._raise()
+
+    def close(self) -> None:
+        lib.ss_conn_close(self._h)
+
+    def pending(self) -> int:
+        return lib.ss_conn_pending(self._h)
+
+    def name(self, peer: bool) -> str:
+        out = ffi.new("char[]", 256)
+        n = lib.ss_conn_name(self._h, peer, out, 256)
+        if n < 0:
+            return ""
+        return ffi.buffer(out, n)[:].decode("utf-8", "surrogateescape")
+
+    def tls_info(self) -> dict:
+        info = ffi.new("ss_tls_info_t *")
+        lib.ss_conn_tls_info(self._h, info)
+        return {
+            "protocol": _text(info.protocol),
+            "cipher_name": _text(info.cipher_name),
+            "cipher_bits": info.cipher_bits,
+            "cipher_version": _text(info.cipher_version),
+            "alpn_protocol": _text(info.alpn) or None,
+            "group": _text(info.group) or None,
+            "server_name": _text(info.server_name) or None,
+            "session_reused": bool(info.session_reused),
+        }
+
+    def peer_certs(self, chain: bool) -> list[bytes]:
+        """DER of the peer's leaf (and, with chain, the rest it sent)."""
+        out = []
+        for index in range(64 if chain else 1):
+            size = lib.ss_conn_peer_cert(self._h, index, ffi.NULL, 0)
+            if size <= 0:
+                break
+            buf = ffi.new("unsigned char[]", size)
+            lib.ss_conn_peer_cert(self._h, index, buf, size)
+            out.append(ffi.buffer(buf, size)[:])
+        return out
+
+
+def open_client(address: Address, context, tls) -> NativeConnection:
+    s = _Strings()
+    err = ffi.new("ss_error_info_t *")
+    handle = lib.ss_conn_client(_conn_options(address, context, tls, s), err)
+    if handle == ffi.NULL:
+        _raise_record(err)
+    return NativeConnection(handle)
+
+
+def open_server(address: Address, context, tls) -> NativeConnection:
+    s = _Strings()
+    err = ffi.new("ss_error_info_t *")
+    handle = lib.ss_conn_server(_conn_options(address, context, tls, s), err)
+    if handle == ffi.NULL:
+        _raise_record(err, f"Unable to bind to {address}")
+    return NativeConnection(handle)
+
+
+def accept(listener: NativeConnection) -> NativeConnection | None:
+    err = ffi.new("ss_error_info_t *")
+    handle = lib.ss_conn_accept(listener._h, err)
+    if handle == ffi.NULL:
+        if err.code:
+            _raise_record(err)
+        return None
+    return NativeConnection(handle)

@@ -7,10 +7,21 @@ the backend's face for ``_backend``.
 
 from __future__ import annotations
 
+import errno as _errno
+import fcntl
+import os
+import re
+import select
+import socket
 import ssl
+import sys
+import termios
+import time
 from typing import Iterable
 
-from .address import PureAddressBatch, Transport, available_transports_pure, parse_many_pure, parse_pure
+from . import errors as _e
+
+from .address import Address, PureAddressBatch, Transport, available_transports_pure, parse_many_pure, parse_pure
 
 NAME = "pure"
 
@@ -32,3 +43,785 @@ def available_transports() -> tuple[str, ...]:
 
 def transport_available(transport: Transport) -> bool:
     return Transport(transport).value in available_transports_pure()
+
+
+# --- connections --------------------------------------------------------------------------
+#
+# Theory of operation: the twin of csrc/conn.c on the standard library. A
+# PureConnection is a non-blocking socket plus, while TLS is on, an
+# ssl.SSLObject over two MemoryBIOs that we pump by hand: TLS output goes from
+# the outgoing BIO to the socket (what does not fit waits in _unsent), socket
+# input goes into the incoming BIO. States and their names match the C core's.
+# Because we feed the incoming BIO ourselves, bytes that arrive after the
+# peer's close_notify stay in it, and go back to the plaintext stream when
+# TLS ends (enable_crypto(False)).
+
+DONE, WANT_READ, WANT_WRITE = 0, 1, 2
+_RECV = 65536
+_HANDBACK_MAX = 1 << 20
+_X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
+_X509_V_ERR_HOSTNAME_MISMATCH = 62
+_X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+_REASON = re.compile(r"^\[[^\]]*\]\s*(.*?)\s*\(_ssl\.c:\d+\)$")
+
+
+class PureTLS:
+    """A compiled TLS context of the pure backend: ssl.SSLContext plus the
+    options Python's ssl module has no hook for (checked after the handshake)."""
+
+    __slots__ = ("ssl_context", "checked_context", "settings", "sni")
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.sni: list[tuple[str, ssl.SSLContext]] = []
+        self.checked_context = None
+        try:
+            self.ssl_context = self._build(settings, settings.local_cert, settings.local_pk)
+            if not settings.server and settings.verify_peer and not settings.allow_self_signed:
+                self.checked_context = self._build(settings, settings.local_cert, settings.local_pk)
+                self.checked_context.check_hostname = True
+            for name, cert, key in settings.sni_certs:
+                self.sni.append((name, self._build(settings, cert, key)))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise _e.error(_e.TLS_CONFIG, f"invalid TLS configuration: {_ssl_reason(exc)}") from exc
+        if self.sni:
+            self.ssl_context.sni_callback = self._pick_certificate
+        if settings.server and not settings.local_cert and not settings.sni_certs:
+            raise _e.error(_e.TLS_CONFIG, "a TLS server needs local_cert (or SNI_server_certs)")
+
+    @staticmethod
+    def _build(s, cert: str | None, key: str | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if s.server else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False  # names are checked per connection (peer_name, SNI_enabled)
+        ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+        if s.disable_compression:
+            ctx.options |= ssl.OP_NO_COMPRESSION
+        if s.honor_cipher_order:
+            ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        if s.min_version:
+            ctx.minimum_version = ssl.TLSVersion(s.min_version)
+        if s.max_version:
+            ctx.maximum_version = ssl.TLSVersion(s.max_version)
+        if s.ciphers or s.security_level >= 0:
+            ciphers = s.ciphers or "DEFAULT"
+            if s.security_level >= 0:
+                ciphers += f":@SECLEVEL={s.security_level}"
+            ctx.set_ciphers(ciphers)
+        # allow_self_signed needs a per-error decision Python's ssl cannot make
+        # during the handshake: verify afterwards instead (see _check_peer).
+        verify = s.verify_peer and not (s.allow_self_signed and not s.server)
+        ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if s.verify_peer or not s.server:
+            if s.cafile or s.capath:
+                ctx.load_verify_locations(cafile=s.cafile, capath=s.capath)
+            else:
+                ctx.load_default_certs(ssl.Purpose.SERVER_AUTH if not s.server else ssl.Purpose.CLIENT_AUTH)
+        if cert:
+            ctx.load_cert_chain(cert, key, password=s.passphrase)
+        if s.alpn:
+            ctx.set_alpn_protocols(_alpn_names(s.alpn))
+        return ctx
+
+    def _pick_certificate(self, ssl_object, server_name, _ctx):
+        ssl_object.streamsock_sni = server_name
+        if server_name:
+            for pattern, ctx in self.sni:
+                if _name_matches(pattern, server_name):
+                    ssl_object.context = ctx
+                    break
+        return None
+
+
+def _alpn_names(wire: bytes) -> list[str]:
+    names, i = [], 0
+    while i < len(wire):
+        n = wire[i]
+        names.append(wire[i + 1 : i + 1 + n].decode("ascii"))
+        i += 1 + n
+    return names
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    pattern, name = pattern.lower(), name.lower()
+    if pattern == name:
+        return True
+    if pattern.startswith("*."):
+        head, dot, rest = name.partition(".")
+        return bool(head and dot) and "." + rest == pattern[1:]
+    return False
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """OpenSSL's reason text, as the C core reports it ("wrong version number")."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {_verify_text(exc.verify_code, exc.verify_message)}"
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return "the peer closed the connection"
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    m = _REASON.match(text)
+    return m.group(1) if m else text
+
+
+def _verify_text(code: int, message: str) -> str:
+    # Python rewrites these two; the C core reports OpenSSL's own words.
+    if code == _X509_V_ERR_HOSTNAME_MISMATCH:
+        return "hostname mismatch"
+    if code == _X509_V_ERR_IP_ADDRESS_MISMATCH:
+        return "IP address mismatch"
+    return message
+
+
+def _ip_literal(name: str) -> str | None:
+    host = name.partition("%")[0]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return host
+        except OSError:
+            pass
+    return None
+
+
+def _format_sockaddr(family: int, sockaddr) -> str:
+    if family == socket.AF_INET6:
+        return f"[{sockaddr[0].partition('%')[0]}]:{sockaddr[1]}"
+    if family == socket.AF_INET:
+        return f"{sockaddr[0]}:{sockaddr[1]}"
+    if isinstance(sockaddr, bytes):
+        return sockaddr.decode("utf-8", "surrogateescape")
+    return sockaddr or ""
+
+
+def compile_tls(settings) -> PureTLS:
+    return PureTLS(settings)
+
+
+class PureConnection:
+    """socket + ssl behind the backend connection interface (see _native.NativeConnection)."""
+
+    def __init__(self, address: Address, context, tls: PureTLS | None, sock: socket.socket | None = None) -> None:
+        self._address = address
+        self._context = context
+        self._initial_tls = tls
+        self._sock = sock
+        self._addrs: list = []
+        self._connect_errno = 0
+        self._ssl: ssl.SSLObject | None = None
+        self._tls: PureTLS | None = None
+        self._in = self._out = None
+        self._unsent = b""
+        self._handback = bytearray()
+        self._shutdown_sent = False
+        self._error: tuple[int, int, str] | None = None
+        self._peer_name = context.peer_name(address) if address.host is not None else None
+        self._verify_peer_name = context.verify_peer_name
+        self._sni = context.sni_enabled
+        self._accepted = sock is not None
+        self.state = "established" if sock is not None else "resolve"
+
+    # -- errors -------------------------------------------------------------
+
+    def _fail(self, code: int, sys_errno: int, message: str, context: str | None = None):
+        self._error = (code, sys_errno, message)
+        self.state = "failed"
+        raise _e.from_native(code, sys_errno, message, context=context)
+
+    def _raise_sticky(self, context: str | None):
+        code, sys_errno, message = self._error  # type: ignore[misc]
+        raise _e.from_native(code, sys_errno, message, context=context)
+
+    # -- the state machine ----------------------------------------------------------
+
+    def step(self, context: str | None = None) -> int:
+        while True:
+            state = self.state
+            if state == "established":
+                return DONE
+            if state == "resolve":
+                rc = self._start_connect(context)
+                self.state = "connecting"
+                if rc:
+                    return rc
+            elif state == "connecting":
+                error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    if self._address.transport.local:
+                        self._fail(_e.CONNECT, error, os.strerror(error), context)
+                    self._connect_errno = error
+                    self._sock.close()
+                    self._sock = None
+                    rc = self._connect_next(context)
+                    if rc:
+                        return rc
+                    continue
+                if self._initial_tls is not None:
+                    self._attach(self._initial_tls)
+                    self.state = "handshaking"
+                else:
+                    self.state = "established"
+            elif state == "handshaking":
+                rc = self._handshake(context)
+                if rc:
+                    return rc
+                self.state = "established"
+            elif state == "tls_shutdown":
+                rc = self._tls_shutdown(context)
+                if rc:
+                    return rc
+                self._detach()
+                self.state = "established"
+            elif state == "closed":
+                raise _e.error(_e.CLOSED)
+            elif state == "failed":
+                self._raise_sticky(context)
+            else:
+                return DONE  # listening
+
+    def _start_connect(self, context) -> int:
+        a = self._address
+        if a.transport.local:
+            family = socket.AF_UNIX
+            stype = socket.SOCK_DGRAM if a.transport.datagram else socket.SOCK_STREAM
+            sock = socket.socket(family, stype | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            self._sock = sock
+            bind_host, _ = self._context.bindto()
+            if stype == socket.SOCK_DGRAM and bind_host:
+                try:
+                    sock.bind(bind_host)
+                except OSError as exc:
+                    self._fail(_e.CONNECT, exc.errno or 0, f"bindto {bind_host} failed: {exc.strerror}", context)
+            rc = sock.connect_ex(a.path.encode("utf-8", "surrogateescape"))
+            if rc == 0:
+                return DONE
+            if rc == _errno.EINPROGRESS:
+                return WANT_WRITE
+            self._fail(_e.CONNECT, rc, os.strerror(rc), context)
+        stype = socket.SOCK_DGRAM if a.transport.datagram else socket.SOCK_STREAM
+        self._addrs = _resolve(self, a.host, a.port, stype, False, context)
+        return self._connect_next(context)
+
+    def _connect_next(self, context) -> int:
+        while self._addrs:
+            family, stype, proto, _, sockaddr = self._addrs.pop(0)
+            try:
+                sock = socket.socket(family, stype | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+            except OSError as exc:
+                self._connect_errno = exc.errno or 0
+                continue
+            try:
+                _apply_options(self._context, sock, family, stype)
+                _bind_local(self._context, sock, family, stype)
+            except _e.StreamSocketError:
+                sock.close()
+                self.state = "failed"
+                raise
+            self._sock = sock
+            rc = sock.connect_ex(sockaddr)
+            if rc == 0:
+                return DONE
+            if rc == _errno.EINPROGRESS:
+                return WANT_WRITE
+            self._connect_errno = rc
+            sock.close()
+            self._sock = None
+        e = self._connect_errno or _errno.ECONNREFUSED
+        self._fail(_e.CONNECT, e, os.strerror(e), context)
+
+    # -- TLS pumping -------------------------------------------------------------------
+
+    def _attach(self, tls: PureTLS, session=None) -> None:
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        s = tls.settings
+        name = self._peer_name
+        context, hostname = tls.ssl_context, None
+        check = bool(not s.server and name and s.verify_peer and self._verify_peer_name and not s.allow_self_signed)
+        # Python's ssl sends SNI (never for IP literals) and checks the name
+        # together, both from server_hostname: use that when both are wanted.
+        self._check_name_in_handshake = check and self._sni
+        if self._check_name_in_handshake:
+            context, hostname = tls.checked_context, name
+        elif not s.server and name and self._sni and _ip_literal(name) is None:
+            hostname = name
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=s.server, server_hostname=hostname,
+                                     session=session)
+        self._tls = tls
+        self._shutdown_sent = False
+
+    def _detach(self) -> None:
+        self._ssl = None
+        self._tls = None
+        self._in = self._out = None
+        self._shutdown_sent = False
+
+    def _flush(self) -> bool:
+        """Sends what TLS produced; False when the socket is full."""
+        data = self._unsent + self._out.read() if self._out is not None else self._unsent
+        while data:
+            try:
+                n = self._sock.send(data)
+            except BlockingIOError:
+                self._unsent = data
+                return False
+            except OSError as exc:
+                self._unsent = b""
+                self._fail(_e.SYSTEM, exc.errno or 0, f"write failed: {exc.strerror}")
+            data = data[n:]
+        self._unsent = b""
+        return True
+
+    def _fill(self) -> int:
+        """Moves socket input into TLS: DONE, or WANT_READ when none is waiting."""
+        try:
+            data = self._sock.recv(_RECV)
+        except BlockingIOError:
+            return WANT_READ
+        except OSError as exc:
+            self._fail(_e.SYSTEM, exc.errno or 0, f"read failed: {exc.strerror}")
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+        return DONE
+
+    def _tls_call(self, operation, *args):
+        """Runs an SSLObject operation, pumping I/O: (result, want)."""
+        while True:
+            try:
+                result = operation(*args)
+            except ssl.SSLWantReadError:
+                if not self._flush():
+                    return None, WANT_WRITE
+                if self._fill() == WANT_READ:
+                    return None, WANT_READ
+                continue
+            if not self._flush():
+                return result, WANT_WRITE
+            return result, DONE
+
+    def _handshake(self, context) -> int:
+        if self._unsent and not self._flush():
+            return WANT_WRITE
+        try:
+            _, want = self._tls_call(self._ssl.do_handshake)
+        except ssl.SSLError as exc:
+            self._fail_tls(exc, "TLS handshake failed", context)
+        if want == WANT_READ:
+            return want
+        if want == WANT_WRITE and not self._ssl.server_side and self._unsent:
+            return WANT_WRITE
+        self._check_peer(context)
+        return DONE
+
+    def _fail_tls(self, exc: ssl.SSLError, what: str, context) -> None:
+        try:
+            self._flush()  # send the alert
+        except _e.StreamSocketError:
+            pass
+        code = _e.TLS_VERIFY if isinstance(exc, ssl.SSLCertVerificationError) else _e.TLS
+        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            code = _e.EOF
+        message = f"{what}: {_ssl_reason(exc)}"
+        if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (
+            _X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH
+        ):
+            message += f' (expected "{self._peer_name}")'
+        self._fail(code, 0, message, context)
+
+    def _check_peer(self, context) -> None:
+        """What Python's ssl could not check during the handshake."""
+        s = self._tls.settings
+        if s.server or self._ssl.server_side:
+            return
+        der = self._ssl.getpeercert(binary_form=True)
+        name = self._peer_name
+        if s.verify_peer and s.allow_self_signed:
+            from .certificate import Certificate
+
+            cert = Certificate(der) if der else None
+            if cert is None or not cert.is_self_signed:
+                self._fail(_e.TLS_VERIFY, 0, "TLS handshake failed: certificate verify failed: the pure backend "
+                           "accepts only a self-signed certificate when allow_self_signed is set", context)
+            if not cert.valid_at():
+                self._fail(_e.TLS_VERIFY, 0, "TLS handshake failed: certificate verify failed: certificate has expired"
+                           if cert.not_after < _now() else "TLS handshake failed: certificate verify failed: "
+                           "certificate is not yet valid", context)
+            if self._verify_peer_name and name and not _cert_matches(cert, name):
+                self._fail(_e.TLS_VERIFY, 0, f'TLS handshake failed: certificate verify failed: hostname mismatch '
+                           f'(expected "{name}")', context)
+        elif self._verify_peer_name and name and not self._check_name_in_handshake:
+            from .certificate import Certificate
+
+            if der and not _cert_matches(Certificate(der), name):
+                code = _e.TLS_VERIFY if s.verify_peer else _e.TLS_PEER_NAME
+                if s.verify_peer:
+                    self._fail(code, 0, f'TLS handshake failed: certificate verify failed: hostname mismatch '
+                               f'(expected "{name}")', context)
+                self._fail(code, 0, f'Peer certificate CN or subjectAltName did not match expected "{name}"', context)
+        if s.verify_peer and s.verify_depth >= 0:
+            chain = self._ssl._sslobj.get_verified_chain() or []
+            if len(chain) > s.verify_depth + 2:
+                self._fail(_e.TLS_VERIFY, 0, "TLS handshake failed: certificate verify failed: certificate chain too long",
+                           context)
+
+    def _tls_shutdown(self, context) -> int:
+        if not self._shutdown_sent:
+            try:
+                self._ssl._sslobj.shutdown()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError as exc:
+                self._fail_tls(exc, "TLS shutdown failed", context)
+            self._shutdown_sent = True
+            if not self._flush():
+                return WANT_WRITE
+            if done:
+                self._return_leftovers()
+                return DONE
+        # Our close_notify is out: read until the peer's, keeping its data.
+        while True:
+            try:
+                data, want = self._tls_call(self._ssl.read, _RECV)
+            except ssl.SSLZeroReturnError:
+                self._flush()
+                self._return_leftovers()
+                return DONE
+            except ssl.SSLError as exc:
+                self._fail_tls(exc, "TLS shutdown failed", context)
+            if data is None:
+                return want
+            if not data:  # the peer's close_notify
+                self._flush()
+                self._return_leftovers()
+                return DONE
+            if len(self._handback) + len(data) > _HANDBACK_MAX:
+                self._fail(_e.TLS, 0, f"more than {_HANDBACK_MAX} bytes arrived before the peer's close_notify")
+            self._handback += data
+
+    def _return_leftovers(self) -> None:
+        # Plaintext that followed the peer's close_notify in the same read.
+        leftover = self._in.read() if self._in is not None else b""
+        if leftover:
+            self._handback += leftover
+
+    # -- the interface Stream uses --------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    @property
+    def is_tls(self) -> bool:
+        return self._ssl is not None
+
+    def run(self, timeout: float | None, context: str | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rc = self.step(context)
+            if rc == DONE:
+                return
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.wait(rc, remaining):
+                what = {"handshaking": "TLS handshake timed out", "tls_shutdown": "TLS shutdown timed out"}.get(
+                    self.state, "Connection timed out")
+                self._fail(_e.TIMEOUT, _errno.ETIMEDOUT, what, context)
+
+    def wait(self, want: int, timeout: float | None) -> bool:
+        if self._sock is None:
+            raise _e.error(_e.CLOSED)
+        if want == WANT_READ and self.pending():
+            return True
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLOUT if want == WANT_WRITE else select.POLLIN)
+        return bool(poller.poll(-1 if timeout is None else int(timeout * 1000 + 0.999)))
+
+    def read(self, size: int):
+        if self.state != "established":
+            rc = self.step()
+            if rc:
+                return rc
+        if self._handback:
+            data = bytes(self._handback[:size])
+            del self._handback[:size]
+            return data
+        if self._ssl is None:
+            try:
+                return self._sock.recv(size)
+            except BlockingIOError:
+                return WANT_READ
+            except OSError as exc:
+                self._fail(_e.SYSTEM, exc.errno or 0, f"read failed: {exc.strerror}")
+        try:
+            data, want = self._tls_call(self._ssl.read, size)
+        except ssl.SSLZeroReturnError:
+            return b""
+        except ssl.SSLError as exc:
+            self._fail_tls(exc, "TLS read failed", None)
+        if data is None:
+            return want  # no record complete yet
+        return data  # b"" once the peer's close_notify arrived
+
+    def write(self, data) -> int:
+        if self.state != "established":
+            rc = self.step()
+            if rc:
+                return -rc
+        if not len(data):
+            return 0
+        if self._ssl is None:
+            try:
+                return self._sock.send(data)
+            except BlockingIOError:
+                return -WANT_WRITE
+            except OSError as exc:
+                self._fail(_e.SYSTEM, exc.errno or 0, f"write failed: {exc.strerror}")
+        if self._unsent and not self._flush():
+            return -WANT_WRITE
+        try:
+            n = self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._fail_tls(exc, "TLS write failed", None)
+        self._flush()  # what does not fit now goes out before the next write
+        return n
+
+    def recvfrom(self, size: int):
+        try:
+            data, sockaddr = self._sock.recvfrom(size)
+        except BlockingIOError:
+            return WANT_READ
+        except OSError as exc:
+            raise _e.error(_e.SYSTEM, f"recvfrom failed: {exc.strerror}", exc.errno or 0) from None
+        return data, _format_sockaddr(self._sock.family, sockaddr)
+
+    def sendto(self, data, address: Address) -> int:
+        if address.path is not None:
+            target = address.path.encode("utf-8", "surrogateescape")
+        else:
+            stype = self._sock.type
+            target = _resolve(self, address.host, address.port or 0, stype, False, None)[0][4]
+        try:
+            return self._sock.sendto(data, target)
+        except BlockingIOError:
+            return -WANT_WRITE
+        except OSError as exc:
+            raise _e.error(_e.SYSTEM, f"sendto failed: {exc.strerror}", exc.errno or 0) from None
+
+    def start_tls(self, tls: PureTLS, peer_name, verify_peer_name, sni_enabled, session_from=None) -> None:
+        if self.state != "established":
+            raise _e.error(_e.STATE, "cannot enable crypto: the stream is not connected")
+        if self._ssl is not None:
+            raise _e.error(_e.TLS_ACTIVE)
+        if self._sock.type != socket.SOCK_STREAM or self._address.transport.local:
+            raise _e.error(_e.UNSUPPORTED, f"TLS needs a tcp stream, not {self._address.transport.value}")
+        if not tls.settings.server:
+            waiting = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            if self._handback or int.from_bytes(waiting, sys.byteorder):
+                raise _e.error(_e.STARTTLS_BUFFERED)
+        if peer_name is not None:
+            self._peer_name = peer_name
+        self._verify_peer_name = verify_peer_name
+        self._sni = sni_enabled
+        session = session_from._ssl.session if session_from is not None and session_from._ssl is not None else None
+        self._attach(tls, session)
+        self.state = "handshaking"
+
+    def stop_tls(self) -> None:
+        if self.state != "established" or self._ssl is None:
+            raise _e.error(_e.STATE, "cannot disable crypto: TLS is not enabled")
+        self.state = "tls_shutdown"
+
+    def shutdown(self, how: int) -> None:
+        try:
+            self._sock.shutdown(how)
+        except OSError as exc:
+            raise _e.error(_e.SYSTEM, f"shutdown failed: {exc.strerror}", exc.errno or 0) from None
+
+    def close(self) -> None:
+        if self._ssl is not None and self.state == "established":
+            try:  # best effort close_notify, as the C core does
+                self._ssl._sslobj.shutdown()
+            except ssl.SSLError:
+                pass
+            try:
+                self._flush()
+            except _e.StreamSocketError:
+                pass
+        self._detach()
+        if self._sock is not None:
+            if self.state == "listening" and self._address.transport is Transport.UNIX:
+                path = self._address.path
+                if path and not path.startswith("\0"):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+            self._sock.close()
+            self._sock = None
+        self.state = "closed"
+
+    def pending(self) -> int:
+        n = len(self._handback)
+        if self._ssl is not None and self.state == "established":
+            n += self._ssl.pending()
+        return n
+
+    def name(self, peer: bool) -> str:
+        if self._sock is None:
+            return ""
+        try:
+            sockaddr = self._sock.getpeername() if peer else self._sock.getsockname()
+        except OSError:
+            return ""
+        return _format_sockaddr(self._sock.family, sockaddr)
+
+    def tls_info(self) -> dict:
+        if self._ssl is None:
+            return {"protocol": "", "cipher_name": "", "cipher_bits": 0, "cipher_version": "", "alpn_protocol": None,
+                    "group": None, "server_name": None, "session_reused": False}
+        name, version, bits = self._ssl.cipher()
+        return {
+            "protocol": self._ssl.version(),
+            "cipher_name": name,
+            "cipher_bits": bits,
+            "cipher_version": version,
+            "alpn_protocol": self._ssl.selected_alpn_protocol(),
+            "group": None,  # Python's ssl does not report the key-exchange group
+            "server_name": getattr(self._ssl, "streamsock_sni", None) if self._ssl.server_side else None,
+            "session_reused": self._ssl.session_reused,
+        }
+
+    def peer_certs(self, chain: bool) -> list[bytes]:
+        if self._ssl is None:
+            return []
+        if not chain:
+            der = self._ssl.getpeercert(binary_form=True)
+            return [der] if der else []
+        certs = self._ssl._sslobj.get_unverified_chain() or []
+        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in certs]
+        leaf = self._ssl.getpeercert(binary_form=True)
+        if leaf and (not ders or ders[0] != leaf):  # the server side's chain omits the leaf
+            ders.insert(0, leaf)
+        return ders
+
+
+def _now():
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _cert_matches(cert, name: str) -> bool:
+    """RFC 6125 as OpenSSL does it: SAN first (CN only without SAN), one-label
+    wildcards, IP literals against IP SANs."""
+    ip = _ip_literal(name)
+    sans = cert.san
+    if ip is not None:
+        import ipaddress
+
+        want = ipaddress.ip_address(ip)
+        return any(kind == "IP Address" and ipaddress.ip_address(value) == want for kind, value in sans)
+    dns = [value for kind, value in sans if kind == "DNS"]
+    if not dns and not any(kind == "IP Address" for kind, _ in sans):
+        cn = cert.subject.get("CN")
+        dns = [cn] if cn else []
+    return any(_name_matches(pattern, name.rstrip(".")) for pattern in dns)
+
+
+def _resolve(conn: PureConnection, host: str, port: int, stype: int, passive: bool, context):
+    flags = socket.AI_NUMERICSERV | (socket.AI_PASSIVE if passive else socket.AI_ADDRCONFIG)
+    try:
+        try:
+            return socket.getaddrinfo(host, port, socket.AF_UNSPEC, stype, 0, flags)
+        except socket.gaierror as exc:
+            if passive or exc.errno not in (socket.EAI_ADDRFAMILY, socket.EAI_NONAME, socket.EAI_NODATA):
+                raise
+            return socket.getaddrinfo(host, port, socket.AF_UNSPEC, stype, 0, flags & ~socket.AI_ADDRCONFIG)
+    except socket.gaierror as exc:
+        conn._fail(_e.RESOLVE, 0, f"getaddrinfo for {host} failed: {exc.strerror}", context)
+    except UnicodeError as exc:
+        conn._fail(_e.RESOLVE, 0, f"getaddrinfo for {host} failed: {exc}", context)
+
+
+def _apply_options(context, sock: socket.socket, family: int, stype: int) -> None:
+    so = context.socket
+    try:
+        if so.get("tcp_nodelay") and stype == socket.SOCK_STREAM and family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if so.get("so_broadcast"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if so.get("so_reuseport"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if "ipv6_v6only" in so and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(so["ipv6_v6only"]))
+    except OSError as exc:
+        raise _e.error(_e.SYSTEM, f"setsockopt failed: {exc.strerror}", exc.errno or 0) from None
+
+
+def _bind_local(context, sock: socket.socket, family: int, stype: int) -> None:
+    host, port = context.bindto()
+    if host is None and port < 0:
+        return
+    try:
+        info = socket.getaddrinfo(host, max(port, 0), family, stype, 0, socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+        sock.bind(info[0][4])
+    except socket.gaierror as exc:
+        raise _e.error(_e.RESOLVE, f"bindto {host or '*'} failed: {exc.strerror}") from None
+    except OSError as exc:
+        raise _e.error(_e.CONNECT, f"bindto {host or '*'}:{port} failed: {exc.strerror}", exc.errno or 0) from None
+
+
+def open_client(address: Address, context, tls: PureTLS | None) -> PureConnection:
+    return PureConnection(address, context, tls)
+
+
+def open_server(address: Address, context, tls: PureTLS | None) -> PureConnection:
+    conn = PureConnection(address, context, tls, sock=None)
+    stype = socket.SOCK_DGRAM if address.transport.datagram else socket.SOCK_STREAM
+    backlog = context.socket.get("backlog", 32) or 32
+    label = f"Unable to bind to {address}"
+    if address.transport.local:
+        sock = socket.socket(socket.AF_UNIX, stype | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(address.path.encode("utf-8", "surrogateescape"))
+            if stype == socket.SOCK_STREAM:
+                sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise _e.error(_e.CONNECT, f"{exc.strerror}", exc.errno or 0, context=label) from None
+    else:
+        last = _errno.EADDRNOTAVAIL
+        sock = None
+        for family, socktype, proto, _, sockaddr in _resolve(conn, address.host, address.port, stype, True, label):
+            candidate = socket.socket(family, socktype | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+            try:
+                candidate.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                _apply_options(context, candidate, family, socktype)
+                candidate.bind(sockaddr)
+                if stype == socket.SOCK_STREAM:
+                    candidate.listen(backlog)
+            except OSError as exc:
+                last = exc.errno or last
+                candidate.close()
+                continue
+            sock = candidate
+            break
+        if sock is None:
+            raise _e.error(_e.CONNECT, os.strerror(last), last, context=label)
+    conn._sock = sock
+    conn._accepted = False
+    conn.state = "listening"
+    return conn
+
+
+def accept(listener: PureConnection) -> PureConnection | None:
+    try:
+        sock, _ = listener._sock.accept()
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise _e.error(_e.SYSTEM, f"accept failed: {exc.strerror}", exc.errno or 0) from None
+    sock.setblocking(False)
+    conn = PureConnection(listener._address, listener._context, None, sock=sock)
+    if listener._initial_tls is not None:
+        conn._attach(listener._initial_tls)
+        conn.state = "handshaking"
+    return conn

@@ -50,7 +50,7 @@ class AddressError(StreamSocketError, ValueError):
     ``index`` the position of the input when a batch parse raised it."""
 
     def __init__(
-        self, errstr: str, *, code: str, address: str, offset: int, length: int, reason: str
+        self, errstr: str, *, code: str, address: str = "", offset: int = 0, length: int = 0, reason: str = ""
     ) -> None:
         super().__init__(0, errstr, code=code)
         self.address = address
@@ -112,6 +112,23 @@ ADDR_PATH_TOO_LONG = -116
 ADDR_PORT_MISSING = -117
 ADDR_PORT_TWICE = -118
 ADDR_PORT_UNEXPECTED = -119
+NOMEM = -200
+SYSTEM = -201
+RESOLVE = -202
+CONNECT = -203
+TIMEOUT = -204
+CLOSED = -205
+STATE = -206
+UNSUPPORTED = -207
+EOF = -208
+TLS = -300
+TLS_CONFIG = -301
+TLS_VERIFY = -302
+TLS_PEER_NAME = -303
+TLS_FINGERPRINT = -304
+STARTTLS_BUFFERED = -305
+TLS_ACTIVE = -306
+BUSY = -307
 
 # Code -> (name, message). The same table as csrc/internal.h's SS_ERROR_TABLE,
 # so the pure-Python backend reports exactly what the native one does;
@@ -143,7 +160,69 @@ ERROR_CODES: dict[int, tuple[str, str]] = {
     ADDR_PORT_MISSING: ("SS_ERR_ADDR_PORT_MISSING", "missing port"),
     ADDR_PORT_TWICE: ("SS_ERR_ADDR_PORT_TWICE", "port given twice (in the address and as an argument)"),
     ADDR_PORT_UNEXPECTED: ("SS_ERR_ADDR_PORT_UNEXPECTED", "unix and udg sockets take no port"),
+    NOMEM: ("SS_ERR_NOMEM", "out of memory"),
+    SYSTEM: ("SS_ERR_SYSTEM", "system call failed"),
+    RESOLVE: ("SS_ERR_RESOLVE", "name resolution failed"),
+    CONNECT: ("SS_ERR_CONNECT", "connection failed"),
+    TIMEOUT: ("SS_ERR_TIMEOUT", "timed out"),
+    CLOSED: ("SS_ERR_CLOSED", "stream is closed"),
+    STATE: ("SS_ERR_STATE", "operation not valid in this state"),
+    UNSUPPORTED: ("SS_ERR_UNSUPPORTED", "not supported by this transport or OpenSSL"),
+    EOF: ("SS_ERR_EOF", "peer closed the connection"),
+    TLS: ("SS_ERR_TLS", "TLS error"),
+    TLS_CONFIG: ("SS_ERR_TLS_CONFIG", "invalid TLS configuration"),
+    TLS_VERIFY: ("SS_ERR_TLS_VERIFY", "certificate verify failed"),
+    TLS_PEER_NAME: ("SS_ERR_TLS_PEER_NAME", "peer certificate does not match the expected name"),
+    TLS_FINGERPRINT: ("SS_ERR_TLS_FINGERPRINT", "peer certificate fingerprint does not match"),
+    STARTTLS_BUFFERED: (
+        "SS_ERR_STARTTLS_BUFFERED",
+        "plaintext received before the TLS handshake (possible STARTTLS injection)",
+    ),
+    TLS_ACTIVE: ("SS_ERR_TLS_ACTIVE", "TLS is already enabled on this stream"),
+    BUSY: ("SS_ERR_BUSY", "stream is in use by another thread"),
 }
+
+_CLASS_BY_CODE: dict[int, type[StreamSocketError]] = {
+    RESOLVE: ConnectError,
+    CONNECT: ConnectError,
+    TIMEOUT: TimeoutError,
+    UNSUPPORTED: UnsupportedTransportError,
+    EOF: TLSError,
+    TLS: TLSError,
+    TLS_CONFIG: TLSError,
+    TLS_VERIFY: CertificateVerifyError,
+    TLS_PEER_NAME: CertificateVerifyError,
+    TLS_FINGERPRINT: CertificateVerifyError,
+    STARTTLS_BUFFERED: TLSError,
+    TLS_ACTIVE: TLSError,
+}
+
+
+def from_native(
+    code: int, sys_errno: int, message: str, *, context: str | None = None, verify_result: int = 0
+) -> StreamSocketError:
+    """The exception for an error record (from the C core or the pure backend).
+
+    ``context`` ("Unable to connect to tls://h:443") goes before the record's
+    message, PHP-style. Every backend error becomes an exception here.
+    """
+    name = ERROR_CODES.get(code, (f"SS_ERR_{-code}", ""))[0]
+    cls = _CLASS_BY_CODE.get(code, StreamSocketError)
+    text = message or ERROR_CODES.get(code, ("", "error"))[1]
+    if context:
+        text = f"{context} ({text})"
+    if issubclass(cls, AddressError):
+        exc: StreamSocketError = cls(text, code=name, reason=message)
+        exc.errno = sys_errno
+    else:
+        exc = cls(sys_errno, text, code=name)
+    exc.verify_result = verify_result  # type: ignore[attr-defined]
+    return exc
+
+
+def error(code: int, message: str | None = None, sys_errno: int = 0, *, context: str | None = None) -> StreamSocketError:
+    """An exception for ``code`` raised by Python itself, with the table's message by default."""
+    return from_native(code, sys_errno, message or ERROR_CODES[code][1], context=context)
 
 _IPV6_CODES = frozenset({ADDR_IPV6_BRACKET, ADDR_IPV6_INVALID})
 _QUOTE_LIMIT = 80

@@ -1,0 +1,287 @@
+/*
+ * Sockets: resolution, non-blocking connect, socket options, listening,
+ * unix-domain addresses, plain reads and writes. Nothing here changes a
+ * connection's state; conn.c decides what the results mean.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int ss__set_nonblocking(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -1;
+    return 0;
+}
+
+int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct addrinfo **out)
+{
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = conn->socktype;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : AI_ADDRCONFIG);
+    char service[16];
+    snprintf(service, sizeof service, "%d", port < 0 ? 0 : port);
+    /* AI_ADDRCONFIG hides ::1 on hosts without a global IPv6 address; a
+     * literal must resolve to itself, so retry without it. */
+    int rc = getaddrinfo(host, service, &hints, out);
+    if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME || rc == EAI_NODATA) {
+        hints.ai_flags &= ~AI_ADDRCONFIG;
+        rc = getaddrinfo(host, service, &hints, out);
+    }
+    if (rc != 0) {
+        int sys = rc == EAI_SYSTEM ? errno : 0;
+        return ss__fail(&conn->err, SS_ERR_RESOLVE, sys, "getaddrinfo for %s failed: %s", host,
+                        rc == EAI_SYSTEM ? strerror(sys) : gai_strerror(rc));
+    }
+    return SS_OK;
+}
+
+static int set_int_option(int fd, int level, int name, int value)
+{
+    return setsockopt(fd, level, name, &value, sizeof value);
+}
+
+static int apply_options(ss_conn_t *conn, int fd, int family)
+{
+    if (conn->tcp_nodelay && conn->socktype == SOCK_STREAM && family != AF_UNIX &&
+        set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1) < 0)
+        return -1;
+    if (conn->so_broadcast && set_int_option(fd, SOL_SOCKET, SO_BROADCAST, 1) < 0)
+        return -1;
+    if (conn->so_reuseport && set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1) < 0)
+        return -1;
+    if (conn->ipv6_v6only >= 0 && family == AF_INET6 &&
+        set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, conn->ipv6_v6only) < 0)
+        return -1;
+    return 0;
+}
+
+/* bindto: bind the client socket to a local address before connecting. */
+static int bind_local(ss_conn_t *conn, int fd, int family)
+{
+    if (!conn->bind_host && conn->bind_port < 0)
+        return SS_OK;
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = family;
+    hints.ai_socktype = conn->socktype;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char service[16];
+    snprintf(service, sizeof service, "%d", conn->bind_port < 0 ? 0 : conn->bind_port);
+    const char *host = conn->bind_host && conn->bind_host[0] ? conn->bind_host : NULL;
+    int rc = getaddrinfo(host, service, &hints, &ai);
+    if (rc != 0)
+        return ss__fail(&conn->err, SS_ERR_RESOLVE, 0, "bindto %s failed: %s", host ? host : "*",
+                        gai_strerror(rc));
+    rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
+    int e = errno;
+    freeaddrinfo(ai);
+    if (rc < 0)
+        return ss__fail(&conn->err, SS_ERR_CONNECT, e, "bindto %s:%d failed: %s", host ? host : "*",
+                        conn->bind_port, strerror(e));
+    return SS_OK;
+}
+
+int ss__connect_next(ss_conn_t *conn)
+{
+    while (conn->ai_next) {
+        struct addrinfo *ai = conn->ai_next;
+        conn->ai_next = ai->ai_next;
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            conn->connect_errno = errno;
+            continue;
+        }
+        if (apply_options(conn, fd, ai->ai_family) < 0) {
+            int e = errno;
+            close(fd);
+            return ss__fail(&conn->err, SS_ERR_SYSTEM, e, "setsockopt failed: %s", strerror(e));
+        }
+        int rc = bind_local(conn, fd, ai->ai_family);
+        if (rc != SS_OK) {
+            close(fd);
+            return rc;
+        }
+        conn->fd = fd;
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            return SS_DONE;
+        if (errno == EINPROGRESS)
+            return SS_WANT_WRITE;
+        conn->connect_errno = errno;
+        close(fd);
+        conn->fd = -1;
+    }
+    int e = conn->connect_errno ? conn->connect_errno : ECONNREFUSED;
+    return ss__fail(&conn->err, SS_ERR_CONNECT, e, "%s", strerror(e));
+}
+
+int ss__connect_result(ss_conn_t *conn)
+{
+    int error = 0;
+    socklen_t len = sizeof error;
+    if (getsockopt(conn->fd, SOL_SOCKET, SO_ERROR, &error, &len) < 0)
+        error = errno;
+    return error == 0 ? SS_DONE : error;
+}
+
+static int fill_unix_address(ss_conn_t *conn, struct sockaddr_un *sun, socklen_t *len)
+{
+    memset(sun, 0, sizeof *sun);
+    sun->sun_family = AF_UNIX;
+    if (conn->path_len > sizeof sun->sun_path || (conn->path[0] && conn->path_len >= sizeof sun->sun_path))
+        return ss__fail(&conn->err, SS_ERR_CONNECT, ENAMETOOLONG, "%s", strerror(ENAMETOOLONG));
+    memcpy(sun->sun_path, conn->path, conn->path_len);
+    /* Abstract names are exactly path_len bytes; filesystem paths end at their NUL. */
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + conn->path_len + (conn->path[0] ? 1 : 0));
+    return SS_OK;
+}
+
+int ss__open_unix(ss_conn_t *conn, int listen_side)
+{
+    struct sockaddr_un sun;
+    socklen_t len = 0;
+    int rc = fill_unix_address(conn, &sun, &len);
+    if (rc != SS_OK)
+        return rc;
+    int fd = socket(AF_UNIX, conn->socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "socket failed: %s", strerror(errno));
+    conn->fd = fd;
+    if (listen_side) {
+        if (bind(fd, (struct sockaddr *)&sun, len) < 0)
+            return ss__fail(&conn->err, SS_ERR_CONNECT, errno, "Unable to bind to %s: %s",
+                            conn->path[0] ? conn->path : "abstract name", strerror(errno));
+        if (conn->socktype == SOCK_STREAM && listen(fd, conn->backlog) < 0)
+            return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "listen failed: %s", strerror(errno));
+        return SS_DONE;
+    }
+    if (conn->socktype == SOCK_DGRAM && conn->bind_host) {
+        /* udg clients bind to a path of their own to receive replies */
+        struct sockaddr_un local;
+        memset(&local, 0, sizeof local);
+        local.sun_family = AF_UNIX;
+        size_t n = strlen(conn->bind_host);
+        if (n >= sizeof local.sun_path)
+            return ss__fail(&conn->err, SS_ERR_CONNECT, ENAMETOOLONG, "bindto: %s", strerror(ENAMETOOLONG));
+        memcpy(local.sun_path, conn->bind_host, n);
+        if (bind(fd, (struct sockaddr *)&local, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1)) < 0)
+            return ss__fail(&conn->err, SS_ERR_CONNECT, errno, "bindto %s failed: %s", conn->bind_host,
+                            strerror(errno));
+    }
+    if (connect(fd, (struct sockaddr *)&sun, len) == 0)
+        return SS_DONE;
+    if (errno == EINPROGRESS) /* EAGAIN on unix sockets means a full backlog, not progress */
+        return SS_WANT_WRITE;
+    return ss__fail(&conn->err, SS_ERR_CONNECT, errno, "%s", strerror(errno));
+}
+
+int ss__listen_inet(ss_conn_t *conn)
+{
+    int last_errno = EADDRNOTAVAIL;
+    for (struct addrinfo *ai = conn->ai_list; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            last_errno = errno;
+            continue;
+        }
+        /* A restarted server must be able to bind while old connections linger. */
+        if (set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1) < 0 || apply_options(conn, fd, ai->ai_family) < 0 ||
+            bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+            (conn->socktype == SOCK_STREAM && listen(fd, conn->backlog) < 0)) {
+            last_errno = errno;
+            close(fd);
+            continue;
+        }
+        conn->fd = fd;
+        return SS_DONE;
+    }
+    return ss__fail(&conn->err, SS_ERR_CONNECT, last_errno, "Unable to bind to %s:%d: %s", conn->host, conn->port,
+                    strerror(last_errno));
+}
+
+int ss__format_sockaddr(const struct sockaddr *sa, socklen_t len, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN + 16];
+    int n;
+    switch (sa->sa_family) {
+    case AF_INET: {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        n = snprintf(out, cap, "%s:%u", host, ntohs(in->sin_port));
+        break;
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        n = snprintf(out, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
+        break;
+    }
+    case AF_UNIX: {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+        size_t path_len = len > offsetof(struct sockaddr_un, sun_path) ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+        if (path_len && un->sun_path[0]) /* filesystem path: stop at its NUL */
+            path_len = strnlen(un->sun_path, path_len);
+        if (path_len >= cap)
+            return SS_ERR_NOMEM;
+        memcpy(out, un->sun_path, path_len);
+        out[path_len] = '\0';
+        return (int)path_len;
+    }
+    default:
+        n = snprintf(out, cap, "%s", "");
+    }
+    return n < 0 || (size_t)n >= cap ? SS_ERR_NOMEM : n;
+}
+
+int ss__poll(int fd, int want, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = (short)(want == SS_WANT_WRITE ? POLLOUT : POLLIN), .revents = 0};
+    for (;;) {
+        int rc = poll(&p, 1, timeout_ms);
+        if (rc >= 0)
+            return rc;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int64_t ss__sock_read(ss_conn_t *conn, char *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = recv(conn->fd, buf, len, 0);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return SS_IO_WANT_READ;
+        return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "read failed: %s", strerror(errno));
+    }
+}
+
+int64_t ss__sock_write(ss_conn_t *conn, const char *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = send(conn->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return SS_IO_WANT_WRITE;
+        return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "write failed: %s", strerror(errno));
+    }
+}

@@ -1,0 +1,261 @@
+"""tcp:// streams on both backends: connect, read, write, timeouts, errors, names, select."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+import streamsock as ss
+from peers import LOOPBACK6, UnixEchoServer, has_ipv6, requires_ipv6  # noqa: F401
+
+
+class EchoServer:
+    """A plain tcp echo peer on a thread (stdlib sockets), optionally sending a greeting."""
+
+    def __init__(self, host="127.0.0.1", greeting=b"", close_after=None):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(8)
+        self.sock.settimeout(5)
+        self.port = self.sock.getsockname()[1]
+        self.host = host
+        self.greeting = greeting
+        self.close_after = close_after
+        self.received = bytearray()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(10)
+        self.sock.close()
+
+    @property
+    def address(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            if self.greeting:
+                conn.sendall(self.greeting)
+            if self.close_after is not None:
+                conn.sendall(self.close_after)
+                return
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.received += data
+                conn.sendall(data)
+
+
+def test_round_trip_readline_and_eof(backend):
+    with EchoServer(close_after=b"line one\nline two\npartial") as peer:
+        with backend.client(f"tcp://{peer.address}", timeout=5) as s:
+            assert s.readline() == b"line one\n"
+            assert list(s) == [b"line two\n", b"partial"]
+            assert s.read() == b"" and s.eof and s.meta["eof"]
+
+
+def test_large_payload_round_trips_through_partial_writes(backend):
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    chunk = 65536
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            written, got = 0, bytearray()
+            while written < len(payload):
+                written += s.write(payload[written : written + chunk])
+                got += s.read(chunk)
+            while len(got) < len(payload):
+                got += s.read(chunk)
+            assert bytes(got) == payload
+            assert bytes(peer.received) == payload
+
+
+def test_read_size_limits_and_buffering(backend):
+    with EchoServer(close_after=b"0123456789") as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            assert s.read(3) == b"012"
+            assert s.meta["unread_bytes"] == 7
+            assert s.readline(limit=4) == b"3456"
+            assert s.read(100) == b"789"
+            assert s.read(100) == b""
+
+
+def test_refused_is_connect_error_111(backend, refused_tcp_port):
+    with pytest.raises(ss.ConnectError) as info:
+        backend.client(f"tcp://127.0.0.1:{refused_tcp_port}", timeout=5)
+    assert info.value.errno == 111
+    assert "Connection refused" in str(info.value)
+    assert f"tcp://127.0.0.1:{refused_tcp_port}" in str(info.value)
+
+
+def test_connect_timeout_is_errno_110_within_deadline(backend, full_backlog):
+    start = time.monotonic()
+    with pytest.raises(ss.TimeoutError) as info:
+        backend.client(f"tcp://{full_backlog.address}", timeout=0.5)
+    elapsed = time.monotonic() - start
+    assert info.value.errno == 110
+    assert isinstance(info.value, TimeoutError)
+    assert 0.4 < elapsed < 3
+
+
+def test_dns_failure(backend):
+    with pytest.raises(ss.ConnectError) as info:
+        backend.client("tcp://nonexistent.invalid:80", timeout=5)
+    assert info.value.errno == 0
+    assert "getaddrinfo for nonexistent.invalid failed" in str(info.value)
+
+
+def test_missing_port_is_an_address_error(backend):
+    with pytest.raises(ss.AddressError) as info:
+        backend.client("tcp://127.0.0.1", timeout=1)
+    assert info.value.code == "SS_ERR_ADDR_PORT_MISSING"
+
+
+def test_read_timeout_sets_timed_out_and_loses_nothing(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            s.set_timeout(0.2)
+            start = time.monotonic()
+            with pytest.raises(ss.TimeoutError) as info:
+                s.read(10)
+            assert info.value.errno == 110
+            assert 0.15 < time.monotonic() - start < 2
+            assert s.meta["timed_out"] is True
+            s.write(b"after\n")
+            assert s.readline() == b"after\n"
+            assert s.meta["timed_out"] is False
+
+
+def test_non_blocking_read_returns_none_until_data(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            s.set_blocking(False)
+            assert s.read(10) is None
+            assert s.readline() is None
+            assert s.meta["blocked"] is False
+            s.write(b"ping\n")
+            ready, _, _ = ss.select([s], [], [], 5)
+            assert ready == [s]
+            deadline = time.monotonic() + 5
+            line = None
+            while line is None and time.monotonic() < deadline:
+                line = s.readline()
+            assert line == b"ping\n"
+
+
+def test_names_and_meta(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            assert s.peer_name == peer.address
+            host, port = s.local_name.rsplit(":", 1)
+            assert host == "127.0.0.1" and int(port) > 0
+            meta = s.meta
+            assert meta["stream_type"] == "tcp_socket/ssl" and meta["mode"] == "r+" and not meta["seekable"]
+            assert "crypto" not in meta and s.crypto is None
+
+
+@requires_ipv6
+def test_ipv6_loopback_names_are_bracketed(backend):
+    with EchoServer(host=LOOPBACK6) as peer:
+        with backend.client(f"tcp://[::1]:{peer.port}", timeout=5) as s:
+            assert s.peer_name == f"[::1]:{peer.port}"
+            assert s.local_name.startswith("[::1]:")
+            s.write(b"v6\n")
+            assert s.readline() == b"v6\n"
+
+
+def test_fsockopen_joins_host_and_port(backend):
+    with EchoServer() as peer:
+        with backend.fsockopen("127.0.0.1", peer.port, timeout=5) as s:
+            s.write(b"x\n")
+            assert s.readline() == b"x\n"
+    with pytest.raises(ss.AddressError, match="port given twice"):
+        backend.fsockopen("127.0.0.1:80", 81)
+
+
+def test_async_connect_finishes_on_first_io(backend):
+    with EchoServer() as peer:
+        s = backend.client(peer.address, timeout=5, flags=ss.CLIENT_ASYNC_CONNECT)
+        with s:
+            _, writable, _ = ss.select([], [s], [], 5)
+            assert writable == [s]
+            s.write(b"async\n")
+            assert s.readline() == b"async\n"
+
+
+def test_async_connect_reports_refusal_on_use(backend, refused_tcp_port):
+    s = backend.client(f"127.0.0.1:{refused_tcp_port}", flags=ss.CLIENT_ASYNC_CONNECT)
+    with s, pytest.raises(ss.ConnectError) as info:
+        s.write(b"x")
+    assert info.value.errno == 111
+
+
+def test_shutdown_write_side_sends_eof(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            s.write(b"last words")
+            s.shutdown(ss.SHUT_WR)
+            assert s.read(-1) == b"last words"
+
+
+def test_closed_stream_raises_and_close_is_idempotent(backend):
+    with EchoServer() as peer:
+        s = backend.client(peer.address, timeout=5)
+        s.close()
+        s.close()
+        assert s.closed
+        with pytest.raises(ss.StreamSocketError, match="closed"):
+            s.read(1)
+
+
+def test_concurrent_use_of_one_stream_is_refused(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            s.set_timeout(1)
+            errors = []
+
+            def blocked_reader():
+                try:
+                    s.read(1)
+                except ss.StreamSocketError as exc:
+                    errors.append(exc)
+
+            t = threading.Thread(target=blocked_reader)
+            t.start()
+            time.sleep(0.2)
+            with pytest.raises(ss.StreamSocketError) as info:
+                s.write(b"x")
+            assert info.value.code == "SS_ERR_BUSY"
+            t.join(5)
+
+
+def test_select_counts_buffered_data_as_readable(backend):
+    with EchoServer(close_after=b"a\nb\n") as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            assert s.readline() == b"a\n"  # b"b\n" is now in our buffer
+            start = time.monotonic()
+            readable, _, _ = ss.select([s], [], [], 5)
+            assert readable == [s] and time.monotonic() - start < 1
+
+
+def test_bindto_sets_the_local_address(backend):
+    with EchoServer() as peer:
+        ctx = ss.Context(socket={"bindto": "127.0.0.2:0", "tcp_nodelay": True})
+        with backend.client(peer.address, timeout=5, context=ctx) as s:
+            assert s.local_name.startswith("127.0.0.2:")
