@@ -379,8 +379,9 @@ int64_t ss_conn_write(ss_conn_t *conn, const char *buf, size_t len)
     return n;
 }
 
-int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, size_t peer_cap)
+int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, size_t peer_cap, uint32_t *peer_len)
 {
+    *peer_len = 0;
     if (conn->fd < 0)
         return ss__fail(&conn->err, SS_ERR_CLOSED, 0, "%s", ss_error_message(SS_ERR_CLOSED));
     struct sockaddr_storage from;
@@ -394,10 +395,9 @@ int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, siz
             return SS_IO_WANT_READ;
         return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "recvfrom failed: %s", strerror(errno));
     }
-    if (peer_cap) {
-        peer[0] = '\0';
-        if (from_len > 0 && ss__format_sockaddr((struct sockaddr *)&from, from_len, peer, peer_cap) < 0)
-            peer[0] = '\0';
+    if (peer_cap && from_len > 0) {
+        int text_len = ss__format_sockaddr((struct sockaddr *)&from, from_len, peer, peer_cap);
+        *peer_len = text_len > 0 ? (uint32_t)text_len : 0;
     }
     return n;
 }

@@ -168,17 +168,19 @@ int ss__open_unix(ss_conn_t *conn, int listen_side)
             return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "listen failed: %s", strerror(errno));
         return SS_DONE;
     }
-    if (conn->socktype == SOCK_DGRAM && conn->bind_host) {
-        /* udg clients bind to a path of their own to receive replies */
+    if (conn->socktype == SOCK_DGRAM) {
+        /* A udg client needs an address of its own to receive replies: the
+         * bindto path, or else one the kernel picks (Linux autobind). */
         struct sockaddr_un local;
         memset(&local, 0, sizeof local);
         local.sun_family = AF_UNIX;
-        size_t n = strlen(conn->bind_host);
+        size_t n = conn->bind_host ? strlen(conn->bind_host) : 0;
         if (n >= sizeof local.sun_path)
             return ss__fail(&conn->err, SS_ERR_CONNECT, ENAMETOOLONG, "bindto: %s", strerror(ENAMETOOLONG));
-        memcpy(local.sun_path, conn->bind_host, n);
-        if (bind(fd, (struct sockaddr *)&local, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1)) < 0)
-            return ss__fail(&conn->err, SS_ERR_CONNECT, errno, "bindto %s failed: %s", conn->bind_host,
+        memcpy(local.sun_path, conn->bind_host ? conn->bind_host : "", n);
+        socklen_t local_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (n ? n + 1 : 0));
+        if (bind(fd, (struct sockaddr *)&local, local_len) < 0)
+            return ss__fail(&conn->err, SS_ERR_CONNECT, errno, "bindto %s failed: %s", n ? conn->bind_host : "(auto)",
                             strerror(errno));
     }
     if (connect(fd, (struct sockaddr *)&sun, len) == 0)

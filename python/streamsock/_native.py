@@ -313,7 +313,7 @@ def _conn_options(address: Address, context, tls, s: _Strings):
     o.peer_name = s(peer_name)
     o.verify_peer_name = context.verify_peer_name
     o.sni_enabled = context.sni_enabled
-    bind_host, bind_port = context.bindto()
+    bind_host, bind_port = context.bindto(address.transport.local)
     o.bind_host = s(bind_host)
     o.bind_port = bind_port
     so = context.socket
@@ -394,9 +394,10 @@ class NativeConnection:
     def recvfrom(self, size: int):
         buf = ffi.new("char[]", max(size, 1))
         peer = ffi.new("char[]", 128)
-        n = lib.ss_conn_recvfrom(self._h, buf, size, peer, 128)
+        peer_len = ffi.new("uint32_t *")
+        n = lib.ss_conn_recvfrom(self._h, buf, size, peer, 128, peer_len)
         if n >= 0:
-            return ffi.buffer(buf, n)[:], _text(peer)
+            return ffi.buffer(buf, n)[:], ffi.buffer(peer, peer_len[0])[:].decode("utf-8", "surrogateescape")
         if n in _IO_WANT:
             return _IO_WANT[n]
         self._raise()

@@ -17,6 +17,7 @@ import ssl
 import sys
 import termios
 import time
+import warnings
 from typing import Iterable
 
 from . import errors as _e
@@ -84,7 +85,7 @@ class PureTLS:
                 self.sni.append((name, self._build(settings, cert, key)))
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise _e.error(_e.TLS_CONFIG, f"invalid TLS configuration: {_ssl_reason(exc)}") from exc
-        if self.sni:
+        if settings.server:  # records the SNI name (tls_info) and picks SNI_server_certs
             self.ssl_context.sni_callback = self._pick_certificate
         if settings.server and not settings.local_cert and not settings.sni_certs:
             raise _e.error(_e.TLS_CONFIG, "a TLS server needs local_cert (or SNI_server_certs)")
@@ -98,10 +99,12 @@ class PureTLS:
             ctx.options |= ssl.OP_NO_COMPRESSION
         if s.honor_cipher_order:
             ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-        if s.min_version:
-            ctx.minimum_version = ssl.TLSVersion(s.min_version)
-        if s.max_version:
-            ctx.maximum_version = ssl.TLSVersion(s.max_version)
+        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated, and asked for explicitly
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if s.min_version:
+                ctx.minimum_version = ssl.TLSVersion(s.min_version)
+            if s.max_version:
+                ctx.maximum_version = ssl.TLSVersion(s.max_version)
         if s.ciphers or s.security_level >= 0:
             ciphers = s.ciphers or "DEFAULT"
             if s.security_level >= 0:
@@ -284,12 +287,15 @@ class PureConnection:
             stype = socket.SOCK_DGRAM if a.transport.datagram else socket.SOCK_STREAM
             sock = socket.socket(family, stype | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
             self._sock = sock
-            bind_host, _ = self._context.bindto()
-            if stype == socket.SOCK_DGRAM and bind_host:
+            bind_host, _ = self._context.bindto(local=True)
+            if stype == socket.SOCK_DGRAM:
+                # A udg client needs an address of its own to receive replies:
+                # the bindto path, or else one the kernel picks ("" autobinds).
                 try:
-                    sock.bind(bind_host)
+                    sock.bind(bind_host or "")
                 except OSError as exc:
-                    self._fail(_e.CONNECT, exc.errno or 0, f"bindto {bind_host} failed: {exc.strerror}", context)
+                    self._fail(_e.CONNECT, exc.errno or 0, f"bindto {bind_host or '(auto)'} failed: {exc.strerror}",
+                               context)
             rc = sock.connect_ex(a.path.encode("utf-8", "surrogateescape"))
             if rc == 0:
                 return DONE

@@ -280,11 +280,14 @@ class Context:
     def sni_enabled(self) -> bool:
         return self.ssl.get("SNI_enabled", True)
 
-    def bindto(self) -> tuple[str | None, int]:
-        """socket option ``bindto`` ("ip:port", "0:7000", "[::1]:0") as (host or None, port or -1)."""
+    def bindto(self, local: bool = False) -> tuple[str | None, int]:
+        """socket option ``bindto`` ("ip:port", "0:7000", "[::1]:0") as (host or
+        None, port or -1); for unix/udg (``local``) the path as it is."""
         text = self.socket.get("bindto")
         if text is None:
             return None, -1
+        if local:
+            return text, -1
         address = parse_pure(text)
         host = address.host
         if host in ("0", "0.0.0.0", "*", ""):

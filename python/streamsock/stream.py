@@ -166,11 +166,11 @@ class Stream:
         wants_chain = ssl.get("capture_peer_cert_chain", False)
         if not ("peer_fingerprint" in ssl or ssl.get("capture_peer_cert") or wants_chain):
             return
-        from .certificate import Certificate
+        from .certificate import Certificate, fingerprint_matches
 
         ders = self._conn.peer_certs(wants_chain)
         if "peer_fingerprint" in ssl and not self._server_side:
-            if not ders or not Certificate(ders[0]).matches_fingerprint(ssl["peer_fingerprint"]):
+            if not ders or not fingerprint_matches(ders[0], ssl["peer_fingerprint"]):
                 self._conn.close()
                 raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=f"Unable to connect to {self.address}")
         if ssl.get("capture_peer_cert") and ders:
@@ -334,7 +334,7 @@ class Stream:
     @property
     def crypto(self) -> dict[str, Any] | None:
         """The negotiated TLS parameters, or None on a plaintext stream."""
-        if self._conn is None or not self._conn.is_tls:
+        if self._conn is None or not self._conn.is_tls or self._conn.state != "established":
             return None
         info = self._conn.tls_info()
         crypto = {k: info[k] for k in ("protocol", "cipher_name", "cipher_bits", "cipher_version")}

@@ -1,0 +1,235 @@
+"""Servers on both backends: accept, TLS servers (checked with openssl s_client and
+our own client), client certificates, SNI, server-side STARTTLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+import streamsock as ss
+from peers import LOOPBACK6, requires_ipv6, run_s_client
+
+
+def port_of(server: ss.Server) -> int:
+    return int(server.local_name.rsplit(":", 1)[1])
+
+
+class Serving:
+    """Runs ``handler(stream)`` for one accepted connection on a thread; keeps its error."""
+
+    def __init__(self, server: ss.Server, handler, timeout=5.0):
+        self.server, self.handler, self.timeout = server, handler, timeout
+        self.error: BaseException | None = None
+        self.peer = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            stream, self.peer = self.server.accept(timeout=self.timeout)
+            with stream:
+                self.handler(stream)
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def echo_line(stream: ss.Stream) -> None:
+    stream.write(b"echo: " + stream.readline())
+
+
+def test_tcp_server_accepts_and_reports_the_peer(backend):
+    with backend.server("tcp://127.0.0.1:0") as srv:
+        assert srv.local_name.startswith("127.0.0.1:") and port_of(srv) > 0
+        with Serving(srv, echo_line) as serving:
+            with backend.client(f"tcp://127.0.0.1:{port_of(srv)}", timeout=5) as s:
+                s.write(b"hi\n")
+                assert s.readline() == b"echo: hi\n"
+                local = s.local_name
+        assert serving.error is None
+        assert serving.peer == local
+
+
+def test_accept_times_out_with_errno_110(backend):
+    with backend.server("tcp://127.0.0.1:0") as srv:
+        start = time.monotonic()
+        with pytest.raises(ss.TimeoutError) as info:
+            srv.accept(timeout=0.2)
+        assert info.value.errno == 110 and time.monotonic() - start < 2
+
+
+def test_port_in_use_is_a_clear_error(backend):
+    with backend.server("tcp://127.0.0.1:0") as srv:
+        with pytest.raises(ss.ConnectError) as info:
+            backend.server(f"tcp://127.0.0.1:{port_of(srv)}")
+        assert info.value.errno == 98 and "Unable to bind to" in str(info.value)
+
+
+@requires_ipv6
+def test_ipv6_server(backend):
+    with backend.server("tcp://[::1]:0") as srv:
+        assert srv.local_name.startswith("[::1]:")
+        with Serving(srv, echo_line):
+            with backend.client(f"tcp://[::1]:{port_of(srv)}", timeout=5) as s:
+                s.write(b"six\n")
+                assert s.readline() == b"echo: six\n"
+
+
+def tls_server_context(pki, **extra) -> ss.Context:
+    return ss.Context(ssl={"local_cert": pki.server_certfile, "local_pk": pki.server_keyfile, **extra})
+
+
+def test_tls_server_with_our_client(backend, pki):
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        def handler(stream):
+            assert stream.crypto["protocol"] == "TLSv1.3"
+            assert stream.tls_info["server_name"] == "localhost"
+            echo_line(stream)
+
+        with Serving(srv, handler) as serving:
+            ctx = ss.Context(ssl={"cafile": pki.cafile})
+            with backend.client(f"tls://localhost:{port_of(srv)}", timeout=5, context=ctx) as s:
+                s.write(b"secure\n")
+                assert s.readline() == b"echo: secure\n"
+        assert serving.error is None
+
+
+def test_tls_server_with_openssl_s_client(backend, pki):
+    with backend.server("ssl://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        with Serving(srv, echo_line) as serving:
+            result = run_s_client("127.0.0.1", port_of(srv), "-tls1_3", input_bytes=b"from s_client\n",
+                                  cafile=pki.cafile, servername="localhost", verify_hostname="localhost",
+                                  wait_for=b"echo: from s_client")
+        assert serving.error is None, serving.error
+        assert b"echo: from s_client" in result.stdout
+        assert b"Verify return code: 0 (ok)" in result.stdout
+
+
+def test_tls_server_handshake_failure_is_raised_by_accept(backend, pki):
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        with Serving(srv, echo_line) as serving:
+            with socket.create_connection(("127.0.0.1", port_of(srv)), timeout=5) as raw:
+                raw.sendall(b"this is not TLS\r\n\r\n")
+                try:
+                    raw.recv(100)  # an alert, or a reset: the server closed with our bytes unread
+                except ConnectionResetError:
+                    pass
+        assert isinstance(serving.error, ss.TLSError)
+
+
+def test_tls_server_without_certificate_is_a_config_error(backend):
+    with pytest.raises(ss.TLSError, match="local_cert"):
+        backend.server("tls://127.0.0.1:0")
+
+
+def test_server_requires_client_certificates_when_asked(backend, pki):
+    ctx = tls_server_context(pki, verify_peer=True, cafile=pki.cafile, capture_peer_cert=True)
+    with backend.server("tls://127.0.0.1:0", context=ctx) as srv:
+        seen = {}
+
+        def handler(stream):
+            seen["cert"] = stream.peer_certificate
+            echo_line(stream)
+
+        with Serving(srv, handler) as serving:
+            client_ctx = ss.Context(ssl={"cafile": pki.cafile, "local_cert": pki.client.certfile,
+                                         "local_pk": pki.client.keyfile})
+            with backend.client(f"tls://localhost:{port_of(srv)}", timeout=5, context=client_ctx) as s:
+                s.write(b"cert\n")
+                assert s.readline() == b"echo: cert\n"
+        assert serving.error is None
+        assert seen["cert"].der == pki.client.der
+
+        with Serving(srv, echo_line) as serving:
+            no_cert = ss.Context(ssl={"cafile": pki.cafile})
+            with pytest.raises(ss.StreamSocketError):
+                with backend.client(f"tls://localhost:{port_of(srv)}", timeout=5, context=no_cert) as s:
+                    s.write(b"x\n")
+                    s.readline()  # TLS 1.3: the server's refusal arrives after our handshake
+        assert isinstance(serving.error, ss.TLSError)
+
+
+def test_sni_server_certs_pick_the_certificate(backend, pki):
+    ctx = tls_server_context(pki, SNI_server_certs={
+        "alt.example": {"local_cert": pki.sni_alt.certfile, "local_pk": pki.sni_alt.keyfile},
+    })
+    with backend.server("tls://127.0.0.1:0", context=ctx) as srv:
+        for name, der in (("alt.example", pki.sni_alt.der), ("localhost", pki.server_cert.der)):
+            with Serving(srv, echo_line):
+                client_ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": name, "capture_peer_cert": True})
+                with backend.client(f"tls://127.0.0.1:{port_of(srv)}", timeout=5, context=client_ctx) as s:
+                    assert s.peer_certificate.der == der
+                    s.write(b"sni\n")
+                    assert s.readline() == b"echo: sni\n"
+
+
+def test_server_alpn(backend, pki):
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki, alpn_protocols="h2,http/1.1")) as srv:
+        with Serving(srv, echo_line):
+            client_ctx = pki.client_context(alpn=["http/1.1"])
+            with socket.create_connection(("127.0.0.1", port_of(srv)), timeout=5) as raw:
+                with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    assert tls.selected_alpn_protocol() == "http/1.1"
+                    tls.sendall(b"alpn\n")
+                    assert tls.recv(100) == b"echo: alpn\n"
+
+
+def test_server_side_starttls(backend, pki):
+    with backend.server("tcp://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        def handler(stream):
+            stream.write(b"220 ready\r\n")
+            assert stream.readline() == b"STARTTLS\r\n"
+            stream.write(b"220 go ahead\r\n")
+            assert stream.enable_crypto(True, ss.CRYPTO_METHOD_TLS_SERVER) is True
+            echo_line(stream)
+
+        with Serving(srv, handler) as serving:
+            with socket.create_connection(("127.0.0.1", port_of(srv)), timeout=5) as raw:
+                f = raw.makefile("rb")
+                assert f.readline() == b"220 ready\r\n"
+                raw.sendall(b"STARTTLS\r\n")
+                assert f.readline() == b"220 go ahead\r\n"
+                with pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"inside\n")
+                    assert tls.recv(100) == b"echo: inside\n"
+                f.close()
+        assert serving.error is None, serving.error
+
+
+def test_udp_server_recvfrom_and_sendto(backend):
+    with backend.server("udp://127.0.0.1:0", flags=ss.SERVER_BIND) as srv:
+        with pytest.raises(ss.StreamSocketError, match="recvfrom"):
+            srv.accept(timeout=0.1)
+        with backend.client(f"udp://127.0.0.1:{port_of(srv)}", timeout=5) as c:
+            c.write(b"ping")
+            data, peer = srv.recvfrom(1500, timeout=5)
+            assert data == b"ping" and peer == c.local_name
+            assert srv.sendto(b"pong", peer) == 4
+            assert c.read(1500) == b"pong"
+
+
+def test_recvfrom_timeout(backend):
+    with backend.server("udp://127.0.0.1:0", flags=ss.SERVER_BIND) as srv:
+        with pytest.raises(ss.TimeoutError):
+            srv.recvfrom(10, timeout=0.1)
+
+
+@requires_ipv6
+def test_udp_over_ipv6(backend):
+    with backend.server("udp://[::1]:0", flags=ss.SERVER_BIND) as srv:
+        with backend.client(f"udp://[::1]:{port_of(srv)}", timeout=5) as c:
+            c.write(b"v6")
+            data, peer = srv.recvfrom(100, timeout=5)
+            assert data == b"v6" and peer.startswith("[::1]:")
+            srv.sendto(b"back", peer)
+            assert c.read(100) == b"back"

@@ -1,0 +1,137 @@
+"""STARTTLS with enable_crypto on both backends: upgrade, injection defence, downgrade."""
+
+from __future__ import annotations
+
+import pytest
+
+import streamsock as ss
+from peers import SMTPStartTLSServer
+
+
+def smtp(pki, **kw) -> SMTPStartTLSServer:
+    return SMTPStartTLSServer(pki.server_certfile, pki.server_keyfile, **kw)
+
+
+def greet_and_starttls(s: ss.Stream) -> None:
+    assert s.readline() == b"220 localhost ESMTP test\r\n"
+    s.write(b"EHLO client.example\r\n")
+    assert s.readline() == b"250-localhost\r\n"
+    assert s.readline() == b"250 STARTTLS\r\n"
+    s.write(b"STARTTLS\r\n")
+    assert s.readline() == b"220 Ready to start TLS\r\n"
+
+
+def test_smtp_starttls_upgrades_in_place(backend, pki):
+    with smtp(pki) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            greet_and_starttls(s)
+            assert s.crypto is None
+            assert s.enable_crypto(True, ss.CRYPTO_METHOD_TLS_CLIENT) is True
+            assert s.meta["crypto"]["protocol"] == "TLSv1.3"
+            s.write(b"EHLO client.example\r\n")
+            assert s.readline() == b"250 localhost\r\n"
+            s.write(b"QUIT\r\n")
+            assert s.readline() == b"221 bye\r\n"
+        peer.wait_for_connections(1)
+        record = peer.connections[0]
+        assert record.starttls and record.sni == "localhost"
+        assert record.tls_lines[:2] == [b"EHLO client.example", b"QUIT"]
+
+
+def test_starttls_verifies_the_certificate(backend, pki):
+    with smtp(pki) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.other_cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            greet_and_starttls(s)
+            with pytest.raises(ss.CertificateVerifyError, match="unable to get local issuer certificate"):
+                s.enable_crypto(True)
+
+
+def test_starttls_injection_is_refused(backend, pki):
+    with smtp(pki, inject=b"250 INJECTED\r\n") as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            greet_and_starttls(s)
+            with pytest.raises(ss.TLSError) as info:
+                s.enable_crypto(True, ss.CRYPTO_METHOD_TLS_CLIENT)
+            assert info.value.code == "SS_ERR_STARTTLS_BUFFERED"
+            assert "injection" in str(info.value)
+            assert s.crypto is None
+
+
+def test_plaintext_waiting_in_the_socket_is_refused(backend, pki):
+    # Bytes that arrived but were never read into our buffer are refused too.
+    with smtp(pki) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            assert s.readline() == b"220 localhost ESMTP test\r\n"
+            s.write(b"NOOP\r\n")
+            ss.select([s], [], [], 5)  # "250 NOOP" now waits in the socket, unread
+            assert s.buffered() == 0
+            with pytest.raises(ss.TLSError) as info:
+                s.enable_crypto(True, ss.CRYPTO_METHOD_TLS_CLIENT)
+            assert info.value.code == "SS_ERR_STARTTLS_BUFFERED"
+
+
+def test_downgrade_returns_to_plaintext_without_losing_bytes(backend, pki):
+    with smtp(pki, downgrade=True) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            greet_and_starttls(s)
+            s.enable_crypto(True)
+            s.write(b"STOPTLS\r\n")
+            assert s.readline() == b"220 plaintext again\r\n"
+            assert s.enable_crypto(False) is True
+            assert s.crypto is None
+            s.write(b"HELLO PLAIN\r\n")
+            assert s.readline() == b"250 plain HELLO PLAIN\r\n"
+            s.write(b"QUIT\r\n")
+            assert s.readline() == b"221 bye\r\n"
+        peer.wait_for_connections(1)
+        assert peer.connections[0].downgraded
+        assert peer.connections[0].plain_after_lines[0] == b"HELLO PLAIN"
+
+
+def test_enable_crypto_rules(backend, pki, tls_server, udp_echo):
+    ctx = ss.Context(ssl={"cafile": pki.cafile})
+    with backend.client(f"tls://localhost:{tls_server.port}", timeout=5, context=ctx) as s:
+        with pytest.raises(ss.TLSError) as info:
+            s.enable_crypto(True)
+        assert info.value.code == "SS_ERR_TLS_ACTIVE"
+    with backend.client(f"udp://{udp_echo.address}", timeout=5) as u:
+        with pytest.raises(ss.UnsupportedTransportError):
+            u.enable_crypto(True)
+    with smtp(pki) as peer:
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5) as s:
+            with pytest.raises(ss.StreamSocketError, match="TLS is not enabled"):
+                s.enable_crypto(False)
+
+
+def test_non_blocking_enable_crypto_returns_false_until_done(backend, pki):
+    with smtp(pki) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            greet_and_starttls(s)
+            s.set_blocking(False)
+            results = []
+            for _ in range(1000):
+                done = s.enable_crypto(True, ss.CRYPTO_METHOD_TLS_CLIENT)
+                results.append(done)
+                if done:
+                    break
+                ss.select([s], [], [], 1)
+            assert results[-1] is True
+            s.set_blocking(True)
+            s.write(b"EHLO x\r\n")
+            assert s.readline() == b"250 localhost\r\n"
+
+
+def test_non_blocking_enable_crypto_against_a_silent_peer_keeps_returning_false(backend, silent_server):
+    # (A live peer on loopback may answer before the first call returns, so
+    # "False first" is shown against a peer that never answers.)
+    with backend.client(f"tcp://127.0.0.1:{silent_server.port}", timeout=5) as s:
+        s.set_blocking(False)
+        results = [s.enable_crypto(True, ss.CRYPTO_METHOD_TLS_CLIENT) for _ in range(3)]
+        assert results == [False, False, False]
+        assert s.crypto is None  # not until the handshake is done
