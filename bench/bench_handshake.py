@@ -7,8 +7,10 @@ Contenders: OpenSSL's own C client (``openssl s_time -new``), the native
 backend, the pure backend, and stdlib ``ssl`` (``socket.create_connection`` +
 ``wrap_socket``), all verifying the server's chain against the same CA. The
 server runs pinned to the last CPU and every client pinned to the first, each
-client in its own process; CPU is the client's user time (what ``s_time``
-reports as connections per user second) measured around its timed loop. Rounds
+client in its own process; CPU is the client's user + system time, from
+getrusage around its timed loop (for ``s_time``, from wait4 on the whole
+process, whose start-up adds a few milliseconds to a multi-second run; Linux
+splits user from system time by sampling, so the sum is the steadier figure). Rounds
 alternate the contenders so drift hits them alike; each figure is the median
 of the rounds.
 """
@@ -102,18 +104,68 @@ def run_s_time(port: int, cafile: str, seconds: float) -> dict:
     """OpenSSL's client: s_time reports connections per user CPU second."""
     command = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-tls1_3",
                "-time", str(max(1, round(seconds))), "-verify", "2", "-CAfile", cafile]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, preexec_fn=lambda: _pin(0))
-    m = re.search(r"(\d+) connections in ([\d.]+)s; ([\d.]+) connections/user sec", proc.stdout)
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(0))
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU, from the kernel
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode()
+    m = re.search(r"(\d+) connections in ([\d.]+)s; ([\d.]+) connections/user sec", text)
     if not m:
-        raise RuntimeError(f"unexpected s_time output:\n{proc.stdout}\n{proc.stderr}")
-    count, real, per_user_sec = int(m.group(1)), float(m.group(2)), float(m.group(3))
+        raise RuntimeError(f"unexpected s_time output:\n{text}")
+    count = int(m.group(1))
     return {
         "connections": count,
-        "user_per_conn": 1.0 / per_user_sec,
-        "cpu_per_conn": None,  # s_time reports user time only
-        "median_latency": real / count,  # s_time gives no per-connection times: mean
-        "wall": real,
+        "user_per_conn": usage.ru_utime / count,
+        "cpu_per_conn": (usage.ru_utime + usage.ru_stime) / count,  # includes its start-up (a few ms)
+        "median_latency": wall / count,  # s_time gives no per-connection times: the mean
+        "wall": wall,
     }
+
+
+# --- instruction counts (valgrind) -------------------------------------------------------------
+#
+# CPU time on a shared 2-core machine wanders by a few percent between runs,
+# as much as the gap being measured. callgrind counts instructions exactly:
+# each client runs twice with different numbers of connections, and the
+# difference divided by the difference in connections is the cost of one
+# connection, start-up excluded.
+
+
+def _callgrind(command: list[str]) -> tuple[int, str]:
+    with tempfile.TemporaryDirectory() as directory:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/cg.out", *command],
+            capture_output=True, text=True, timeout=1800,
+        )
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if not m:
+        raise RuntimeError(f"callgrind failed:\n{out.stderr[-2000:]}")
+    return int(m.group(1)), out.stdout
+
+
+def instructions_per_connection(name: str, port: int, cafile: str, counts=(20, 220)) -> float:
+    if name == "openssl s_time":
+        runs = []
+        for seconds in (2, 8):  # under valgrind s_time makes tens of connections a second
+            ir, text = _callgrind(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-tls1_3",
+                                   "-time", str(seconds), "-verify", "2", "-CAfile", cafile])
+            runs.append((ir, int(re.search(r"(\d+) connections in", text).group(1))))
+    else:
+        runs = []
+        for count in counts:
+            ir, _ = _callgrind([sys.executable, __file__, "--count-only", name, str(port), cafile, str(count)])
+            runs.append((ir, count))
+    (ir1, n1), (ir2, n2) = runs
+    return (ir2 - ir1) / (n2 - n1)
+
+
+def count_only(name: str, port: int, cafile: str, count: int) -> None:
+    once = _connect_once_factory(name, port, cafile)
+    for _ in range(count):
+        once()
 
 
 # --- the server and the orchestration -------------------------------------------------------
@@ -160,15 +212,17 @@ def start_server(certfile: str, keyfile: str) -> tuple[subprocess.Popen, int]:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    if len(sys.argv) > 1 and sys.argv[1] in ("--child", "--count-only"):
         name, port, cafile, count = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-        child(name, port, cafile, count)
+        (child if sys.argv[1] == "--child" else count_only)(name, port, cafile, count)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=2000, help="per contender per round")
     parser.add_argument("--quick", action="store_true", help="1 round of 300 connections")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per connection with valgrind (a few minutes)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.connections = 1, 300
@@ -180,6 +234,10 @@ def main() -> None:
         cafile, certfile, keyfile = make_pki(directory)
         server, port = start_server(certfile, keyfile)
         try:
+            counted = {}
+            if args.instructions and shutil.which("valgrind"):
+                for name in ("openssl s_time", "native", "pure"):
+                    counted[name] = instructions_per_connection(name, port, cafile)
             for _ in range(args.rounds):
                 for name in CLIENTS:
                     if name == "openssl s_time":
@@ -195,29 +253,34 @@ def main() -> None:
     summary = {
         name: {
             "user_us_per_conn": statistics.median(r["user_per_conn"] for r in runs) * 1e6,
-            "cpu_us_per_conn": (statistics.median(r["cpu_per_conn"] for r in runs) * 1e6
-                                if runs[0]["cpu_per_conn"] is not None else None),
+            "cpu_us_per_conn": statistics.median(r["cpu_per_conn"] for r in runs) * 1e6,
             "median_latency_us": statistics.median(r["median_latency"] for r in runs) * 1e6,
             "connections": sum(r["connections"] for r in runs),
         }
         for name, runs in results.items()
     }
-    base = summary["openssl s_time"]["user_us_per_conn"]
+    base = summary["openssl s_time"]["cpu_us_per_conn"]
     print(f"\n### Connect + TLS 1.3 handshake + close ({args.rounds} rounds, medians; server pinned to its own CPU)\n")
-    print("| client | user CPU µs/conn | ratio to s_time | user+sys µs/conn | median latency µs |")
+    print("| client | CPU µs/conn (user+sys) | ratio to s_time | user µs/conn | median latency µs |")
     print("|---|---:|---:|---:|---:|")
     for name, s in summary.items():
-        cpu = f"{s['cpu_us_per_conn']:,.0f}" if s["cpu_us_per_conn"] is not None else "n/a"
         latency = f"{s['median_latency_us']:,.0f}" + (" (mean)" if name == "openssl s_time" else "")
-        print(f"| {name} | {s['user_us_per_conn']:,.0f} | {s['user_us_per_conn'] / base:.3f} | {cpu} | {latency} |")
+        print(f"| {name} | {s['cpu_us_per_conn']:,.0f} | {s['cpu_us_per_conn'] / base:.3f} | "
+              f"{s['user_us_per_conn']:,.0f} | {latency} |")
     print()
     for name, targets in TARGETS.items():
         for other, target in targets:
-            ratio = summary[name]["user_us_per_conn"] / summary[other]["user_us_per_conn"]
-            print(f"{name} / {other} user CPU per connection: {ratio:.3f} (target <= {target}: "
+            ratio = summary[name]["cpu_us_per_conn"] / summary[other]["cpu_us_per_conn"]
+            print(f"{name} / {other} CPU per connection: {ratio:.3f} (target <= {target}: "
                   f"{'met' if ratio <= target else 'NOT met'})")
     native_latency = summary["native"]["median_latency_us"] / summary["pure"]["median_latency_us"]
     print(f"native / pure median latency: {native_latency:.3f}")
+    if counted:
+        print("\n| client | instructions per connection (callgrind) | ratio to s_time |")
+        print("|---|---:|---:|")
+        for name, ir in counted.items():
+            print(f"| {name} | {ir:,.0f} | {ir / counted['openssl s_time']:.3f} |")
+        summary["instructions_per_connection"] = counted
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
 

@@ -32,6 +32,9 @@ int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = conn->socktype;
     hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : AI_ADDRCONFIG);
+    unsigned char literal[16];
+    if (host && (inet_pton(AF_INET, host, literal) == 1 || inet_pton(AF_INET6, host, literal) == 1))
+        hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST; /* no lookup, no interface scan */
     char service[16];
     snprintf(service, sizeof service, "%d", port < 0 ? 0 : port);
     /* AI_ADDRCONFIG hides ::1 on hosts without a global IPv6 address; a

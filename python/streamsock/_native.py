@@ -472,10 +472,24 @@ class NativeConnection:
         return out
 
 
+def _cached_options(address: Address, context, tls):
+    """The ss_conn_options_t for (address, tls), built once per Context: the C
+    side copies what it keeps, so one struct serves every connection."""
+    cache = context.backend_cache
+    key = (NAME, address, id(tls))
+    entry = cache.get(key)
+    if entry is None or entry[2] is not tls:
+        s = _Strings()
+        entry = (_conn_options(address, context, tls, s), s, tls)
+        if len(cache) > 256:  # many distinct targets: keep the cache small
+            cache.clear()
+        cache[key] = entry
+    return entry[0]
+
+
 def open_client(address: Address, context, tls) -> NativeConnection:
-    s = _Strings()
     err = ffi.new("ss_error_info_t *")
-    handle = lib.ss_conn_client(_conn_options(address, context, tls, s), err)
+    handle = lib.ss_conn_client(_cached_options(address, context, tls), err)
     if handle == ffi.NULL:
         _raise_record(err)
     return NativeConnection(handle)

@@ -13,6 +13,7 @@ import difflib
 import os
 import threading
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from . import errors as _e
@@ -196,25 +197,56 @@ class Context:
     ...               socket={"tcp_nodelay": True})
     """
 
-    __slots__ = ("ssl", "socket", "_compiled", "_lock")
+    __slots__ = ("_ssl", "_socket", "_compiled", "_by_use", "_lock", "backend_cache")
 
     def __init__(self, ssl: Mapping[str, Any] | None = None, socket: Mapping[str, Any] | None = None) -> None:
-        self.ssl: dict[str, Any] = _check("ssl", ssl, _SSL_OPTIONS)
-        self.socket: dict[str, Any] = _check("socket", socket, _SOCKET_OPTIONS)
-        if "alpn_protocols" in self.ssl:
-            alpn_wire(self.ssl["alpn_protocols"])  # fail now, not at connect
-        if "peer_fingerprint" in self.ssl:
+        self._ssl: dict[str, Any] = {}
+        self._socket: dict[str, Any] = {}
+        self._compiled: dict[tuple[str, TLSSettings], Any] = {}
+        self._by_use: dict[tuple, Any] = {}  # (backend, server, transport, method) -> compiled
+        self.backend_cache: dict[tuple, Any] = {}  # a backend's per-target data (native: option structs)
+        self._lock = threading.Lock()
+        self._apply(_check("ssl", ssl, _SSL_OPTIONS), _check("socket", socket, _SOCKET_OPTIONS))
+
+    def _apply(self, ssl: dict[str, Any], socket: dict[str, Any]) -> None:
+        if "alpn_protocols" in ssl:
+            alpn_wire(ssl["alpn_protocols"])  # fail now, not at connect
+        if "peer_fingerprint" in ssl:
             from .certificate import parse_fingerprint_spec
 
-            parse_fingerprint_spec(self.ssl["peer_fingerprint"])
-        if "crypto_method" in self.ssl:
-            version_range(self.ssl["crypto_method"])
-        self._compiled: dict[tuple[str, TLSSettings], Any] = {}
-        self._lock = threading.Lock()
+            parse_fingerprint_spec(ssl["peer_fingerprint"])
+        if "crypto_method" in ssl:
+            version_range(ssl["crypto_method"])
+        with self._lock:
+            self._ssl.update(ssl)
+            self._socket.update(socket)
+            self._compiled.clear()
+            self._by_use.clear()
+            self.backend_cache.clear()
+
+    @property
+    def ssl(self) -> Mapping[str, Any]:
+        """The ssl options (read-only: change them with :meth:`set_option`)."""
+        return MappingProxyType(self._ssl)
+
+    @property
+    def socket(self) -> Mapping[str, Any]:
+        """The socket options (read-only: change them with :meth:`set_option`)."""
+        return MappingProxyType(self._socket)
+
+    def set_option(self, wrapper: str, name: str, value: Any) -> None:
+        """PHP's stream_context_set_option: ``set_option("ssl", "verify_peer", False)``.
+        Streams opened afterwards use the new value."""
+        if wrapper == "ssl":
+            self._apply(_check("ssl", {name: value}, _SSL_OPTIONS), {})
+        elif wrapper == "socket":
+            self._apply({}, _check("socket", {name: value}, _SOCKET_OPTIONS))
+        else:
+            raise ValueError(f'unknown context wrapper {wrapper!r}; streamsock has "ssl" and "socket"')
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k == "passphrase" else v) for k, v in self.ssl.items()}
-        return f"Context(ssl={shown!r}, socket={self.socket!r})"
+        shown = {k: ("***" if k == "passphrase" else v) for k, v in self._ssl.items()}
+        return f"Context(ssl={shown!r}, socket={self._socket!r})"
 
     # -- TLS ------------------------------------------------------------------
 
@@ -222,7 +254,7 @@ class Context:
         """The TLS settings for a connection: ``transport`` pins a version
         (tlsv1.x://); otherwise ``method`` (enable_crypto) or the
         ``crypto_method`` option gives the range, and TLS 1.2+ is the default."""
-        o = self.ssl
+        o = self._ssl
         low, high = _TLS12, 0
         if transport in _TRANSPORT_VERSION:
             low = high = _TRANSPORT_VERSION[transport]
@@ -256,6 +288,17 @@ class Context:
             sni_certs=sni,
         )
 
+    def tls_context(self, backend, server: bool, transport: Transport | None = None, method: int | None = None):
+        """The backend's compiled TLS context for one use of this Context:
+        computed and built once, then a dictionary look-up per connection."""
+        key = (backend.name, server, transport, method)
+        found = self._by_use.get(key)
+        if found is None:
+            settings = check_version_range(self.tls_settings(server, transport, method), backend)
+            found = self.compiled(backend.name, settings, backend._impl.compile_tls)
+            self._by_use[key] = found
+        return found
+
     def compiled(self, backend_name: str, settings: TLSSettings, build: Callable[[TLSSettings], Any]) -> Any:
         """The backend's TLS context for ``settings``, built once and cached."""
         key = (backend_name, settings)
@@ -270,20 +313,20 @@ class Context:
     # -- per connection -----------------------------------------------------------
 
     def peer_name(self, address: Address) -> str | None:
-        return self.ssl.get("peer_name", address.host)
+        return self._ssl.get("peer_name", address.host)
 
     @property
     def verify_peer_name(self) -> bool:
-        return self.ssl.get("verify_peer_name", True)
+        return self._ssl.get("verify_peer_name", True)
 
     @property
     def sni_enabled(self) -> bool:
-        return self.ssl.get("SNI_enabled", True)
+        return self._ssl.get("SNI_enabled", True)
 
     def bindto(self, local: bool = False) -> tuple[str | None, int]:
         """socket option ``bindto`` ("ip:port", "0:7000", "[::1]:0") as (host or
         None, port or -1); for unix/udg (``local``) the path as it is."""
-        text = self.socket.get("bindto")
+        text = self._socket.get("bindto")
         if text is None:
             return None, -1
         if local:
@@ -302,12 +345,12 @@ def _opt_path(value: Any) -> str | None:
 DEFAULT_CONTEXT = Context()
 
 
-def check_transport_available(address: Address, available: tuple[str, ...], openssl: str) -> None:
+def check_transport_available(address: Address, backend) -> None:
     """sslv2:// and sslv3:// (and any pinned version the OpenSSL lacks) fail clearly."""
-    if address.transport.value not in available:
+    if address.transport.value not in backend.available_transports():
         text = str(address)
         raise _e.UnsupportedTransportError(
-            f'the "{address.transport.value}" transport is not supported by the linked {openssl}',
+            f'the "{address.transport.value}" transport is not supported by the linked {backend.openssl_version()}',
             code="SS_ERR_UNSUPPORTED",
             address=text,
             offset=0,
@@ -316,8 +359,9 @@ def check_transport_available(address: Address, available: tuple[str, ...], open
         )
 
 
-def check_version_range(settings: TLSSettings, available: tuple[str, ...], openssl: str) -> TLSSettings:
+def check_version_range(settings: TLSSettings, backend) -> TLSSettings:
     """Clamp a range to the versions the OpenSSL has; a range with none left is an error."""
+    available = backend.available_transports()
     usable = [v for v in sorted(VERSION_NAMES) if _VERSION_TRANSPORT[v].value in available]
     high = settings.max_version or max(usable)
     low = settings.min_version
@@ -325,7 +369,7 @@ def check_version_range(settings: TLSSettings, available: tuple[str, ...], opens
     if not candidates:
         asked = VERSION_NAMES.get(low, hex(low)) + ("" if high == low else f"-{VERSION_NAMES.get(high, hex(high))}")
         raise _e.UnsupportedTransportError(
-            f"{asked} is not supported by the linked {openssl}",
+            f"{asked} is not supported by the linked {backend.openssl_version()}",
             code="SS_ERR_UNSUPPORTED",
             address=asked,
             offset=0,

@@ -199,17 +199,20 @@ _CLASS_BY_CODE: dict[int, type[StreamSocketError]] = {
 
 
 def from_native(
-    code: int, sys_errno: int, message: str, *, context: str | None = None, verify_result: int = 0
+    code: int, sys_errno: int, message: str, *, context: str | tuple | None = None, verify_result: int = 0
 ) -> StreamSocketError:
     """The exception for an error record (from the C core or the pure backend).
 
-    ``context`` ("Unable to connect to tls://h:443") goes before the record's
+    ``context`` ("Unable to connect to tls://h:443", or the tuple
+    ``("Unable to connect to", address)`` to format later) goes before the record's
     message, PHP-style. Every backend error becomes an exception here.
     """
     name = ERROR_CODES.get(code, (f"SS_ERR_{-code}", ""))[0]
     cls = _CLASS_BY_CODE.get(code, StreamSocketError)
     text = message or ERROR_CODES.get(code, ("", "error"))[1]
     if context:
+        if type(context) is tuple:  # (words, address): formatted only when an error happens
+            context = " ".join(map(str, context))
         text = f"{context} ({text})"
     if issubclass(cls, AddressError):
         exc: StreamSocketError = cls(text, code=name, reason=message)

@@ -16,12 +16,7 @@ from typing import Any, Iterable, Iterator
 
 from . import errors as _e
 from .address import Address, Transport
-from .context import (
-    DEFAULT_CONTEXT,
-    Context,
-    check_transport_available,
-    check_version_range,
-)
+from .context import DEFAULT_CONTEXT, Context, check_transport_available
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 
@@ -48,12 +43,6 @@ def _timeout_value(timeout: float | None) -> float | None:
     if timeout is None:
         timeout = default_socket_timeout
     return None if timeout < 0 else float(timeout)
-
-
-def _settings_for(backend, context: Context, server: bool, transport: Transport | None, method: int | None):
-    settings = context.tls_settings(server, transport, method)
-    settings = check_version_range(settings, backend.available_transports(), backend.openssl_version())
-    return context.compiled(backend.name, settings, backend._impl.compile_tls)
 
 
 class Stream:
@@ -122,7 +111,7 @@ class Stream:
 
     def _finish_connect(self) -> bool:
         """Completes an async connect: True when established."""
-        context = f"Unable to connect to {self.address}"
+        context = ("Unable to connect to", self.address)
         if self._blocking:
             self._conn.run(self._timeout, context)
         elif self._conn.step(context) != DONE:
@@ -162,7 +151,7 @@ class Stream:
         """PHP's checks after a TLS handshake: peer_fingerprint, certificate capture."""
         if not self._conn.is_tls:
             return
-        ssl = self.context.ssl
+        ssl = self.context._ssl
         wants_chain = ssl.get("capture_peer_cert_chain", False)
         if not ("peer_fingerprint" in ssl or ssl.get("capture_peer_cert") or wants_chain):
             return
@@ -172,7 +161,7 @@ class Stream:
         if "peer_fingerprint" in ssl and not self._server_side:
             if not ders or not fingerprint_matches(ders[0], ssl["peer_fingerprint"]):
                 self._conn.close()
-                raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=f"Unable to connect to {self.address}")
+                raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=("Unable to connect to", self.address))
         if ssl.get("capture_peer_cert") and ders:
             self._peer_certificate = Certificate(ders[0])
         if wants_chain:
@@ -403,7 +392,7 @@ class Stream:
                 if self._rbuf:
                     raise _e.error(_e.STARTTLS_BUFFERED, None, 0)
                 server = self._server_side if method is None else not (method & 1)
-                tls = _settings_for(self._backend, self.context, server, None, method)
+                tls = self.context.tls_context(self._backend, server, None, method)
                 session = session_stream._conn if session_stream is not None else None
                 conn.start_tls(tls, self.context.peer_name(self.address), self.context.verify_peer_name,
                                self.context.sni_enabled, session)
@@ -444,9 +433,6 @@ class Stream:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -543,9 +529,6 @@ class Server:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<Server {self.address}{' closed' if self._conn is None else ''}>"
 
@@ -555,7 +538,7 @@ class Server:
 
 def _address_for(backend, address: Address | str, needs_port: bool) -> Address:
     a = address if isinstance(address, Address) else backend.parse(address)
-    check_transport_available(a, backend.available_transports(), backend.openssl_version())
+    check_transport_available(a, backend)
     if needs_port and a.port is None and not a.transport.local:
         text = str(address)
         raise _e.address_error(_e.ADDR_PORT_MISSING, text, len(text), 0)
@@ -567,15 +550,15 @@ def client(backend, address: Address | str, timeout: float | None = None, contex
     """PHP's stream_socket_client."""
     a = _address_for(backend, address, needs_port=True)
     ctx = context if context is not None else DEFAULT_CONTEXT
-    tls = _settings_for(backend, ctx, False, a.transport, None) if a.secure else None
+    tls = ctx.tls_context(backend, False, a.transport) if a.secure else None
     conn = backend._impl.open_client(a, ctx, tls)
     stream = Stream(conn, backend, a, ctx, ready=False)
     stream._timeout = _timeout_value(timeout)
     if flags & CLIENT_ASYNC_CONNECT:
-        conn.step(f"Unable to connect to {a}")
+        conn.step(("Unable to connect to", a))
         return stream
     try:
-        conn.run(stream._timeout, f"Unable to connect to {a}")
+        conn.run(stream._timeout, ("Unable to connect to", a))
         stream._ready = True
         stream._after_handshake()
     except BaseException:
@@ -598,7 +581,7 @@ def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LI
     if not flags & SERVER_BIND:
         raise ValueError("stream_socket_server needs SERVER_BIND")
     ctx = context if context is not None else DEFAULT_CONTEXT
-    tls = _settings_for(backend, ctx, True, a.transport, None) if a.secure else None
+    tls = ctx.tls_context(backend, True, a.transport) if a.secure else None
     conn = backend._impl.open_server(a, ctx, tls)
     return Server(conn, backend, a, ctx, tls)
 
