@@ -135,3 +135,18 @@ def test_non_blocking_enable_crypto_against_a_silent_peer_keeps_returning_false(
         results = [s.enable_crypto(True, ss.CRYPTO_METHOD_TLS_CLIENT) for _ in range(3)]
         assert results == [False, False, False]
         assert s.crypto is None  # not until the handshake is done
+
+
+def test_session_stream_resumes_the_earlier_session(backend, pki):
+    with smtp(pki) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as first:
+            greet_and_starttls(first)
+            first.enable_crypto(True)
+            first.write(b"EHLO x\r\n")
+            assert first.readline() == b"250 localhost\r\n"  # the session tickets came with it
+            assert first.tls_info["session_reused"] is False
+            with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as second:
+                greet_and_starttls(second)
+                second.enable_crypto(True, session_stream=first)
+                assert second.tls_info["session_reused"] is True
