@@ -4,14 +4,13 @@ our own client), client certificates, SNI, server-side STARTTLS."""
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 import time
 
 import pytest
 
 import streamsock as ss
-from peers import LOOPBACK6, requires_ipv6, run_s_client
+from peers import requires_ipv6, run_s_client
 
 
 def port_of(server: ss.Server) -> int:

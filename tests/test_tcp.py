@@ -9,7 +9,7 @@ import time
 import pytest
 
 import streamsock as ss
-from peers import LOOPBACK6, UnixEchoServer, has_ipv6, requires_ipv6  # noqa: F401
+from peers import LOOPBACK6, requires_ipv6
 
 
 class EchoServer:

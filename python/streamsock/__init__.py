@@ -105,6 +105,8 @@ __all__ = [
     "parse_many",
 ]
 
+__all__ += sorted(name for name in dir() if name.startswith(("CRYPTO_METHOD_", "CRYPTO_PROTO_")))
+
 _active = _backend.select()
 
 #: Name of the backend in use: "native" (the C core) or "pure".
