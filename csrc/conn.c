@@ -172,6 +172,45 @@ ss_conn_t *ss_conn_accept(ss_conn_t *listener, ss_error_info_t *err)
     return conn;
 }
 
+ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const char *peer_name,
+                           ss_error_info_t *err)
+{
+    ss__fail(err, SS_OK, 0, "%s", "");
+    if (fd < 0 || ss_transport_name(transport) == NULL || socktype_of(transport) != SOCK_STREAM) {
+        ss__fail(err, SS_ERR_STATE, EINVAL, "ss_conn_from_fd needs a connected stream socket");
+        return NULL;
+    }
+    if (ss__set_nonblocking(fd) < 0) {
+        ss__fail(err, SS_ERR_SYSTEM, errno, "fcntl failed: %s", strerror(errno));
+        return NULL;
+    }
+    ss_conn_t *conn = calloc(1, sizeof *conn);
+    if (!conn || (peer_name && !(conn->peer_name = strdup(peer_name)))) {
+        free(conn);
+        ss__fail(err, SS_ERR_NOMEM, ENOMEM, "out of memory");
+        return NULL;
+    }
+    conn->fd = fd;
+    conn->transport = transport;
+    conn->socktype = SOCK_STREAM;
+    conn->accepted = tls && tls->server;
+    conn->ipv6_v6only = -1;
+    conn->bind_port = -1;
+    conn->verify_peer_name = 1;
+    conn->sni_enabled = 1;
+    conn->state = SS_STATE_ESTABLISHED;
+    if (tls) {
+        if (ss__tls_attach(conn, tls) != SS_OK) {
+            *err = conn->err;
+            conn->fd = -1; /* the caller keeps its fd when we fail */
+            ss_conn_free(conn);
+            return NULL;
+        }
+        conn->state = SS_STATE_HANDSHAKING;
+    }
+    return conn;
+}
+
 void ss_conn_close(ss_conn_t *conn)
 {
     if (conn->ssl) {

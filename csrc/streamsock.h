@@ -228,6 +228,13 @@ ss_conn_t *ss_conn_server(const ss_conn_options_t *opts, ss_error_info_t *err);
  * or NULL with err->code SS_OK when none is waiting, or NULL with an error. */
 ss_conn_t *ss_conn_accept(ss_conn_t *listener, ss_error_info_t *err);
 
+/* Adopts an already connected stream socket (the conn owns fd from now on,
+ * and makes it non-blocking): SS_STATE_ESTABLISHED in plaintext, or
+ * SS_STATE_HANDSHAKING when tls is given (its role decides client or
+ * server). peer_name is the client's name to verify and send as SNI. */
+ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const char *peer_name,
+                           ss_error_info_t *err);
+
 /* Closes the socket (if open) and frees everything. NULL is a no-op. */
 void ss_conn_free(ss_conn_t *conn);
 

@@ -522,7 +522,10 @@ int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out)
 {
     memset(out, 0, sizeof *out);
     SSL *ssl = conn->ssl;
-    if (!ssl)
+    /* Until the handshake is done some of these read state OpenSSL has not
+     * set up yet (SSL_get_negotiated_group crashes on a half-read
+     * ClientHello), and none of it is settled. */
+    if (!ssl || !SSL_is_init_finished(ssl))
         return SS_OK;
     copy_text(out->protocol, sizeof out->protocol, SSL_get_version(ssl));
     const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);

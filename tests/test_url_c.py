@@ -265,7 +265,7 @@ def test_url_fuzz(fuzz_url_bin: Path, build_dir: Path) -> None:
         + f")\n{_output(proc)}"
     )
     assert proc.returncode == 0, f"fuzz_url exited {proc.returncode}\n{where}"
-    match = re.search(r"^fuzz_url: (\d+) executions, (\d+) seeds, ", proc.stdout, re.M)
+    match = re.search(r"^fuzz: (\d+) executions, (\d+) seeds, ", proc.stdout, re.M)
     assert match, f"no summary line in the output\n{where}"
     executions, seeds = int(match.group(1)), int(match.group(2))
     assert executions > 0, where

@@ -17,7 +17,7 @@
  * also printed in hex on stderr; run it again by giving its file as the only
  * seed with -n 0.
  *
- * Last line on stdout: "fuzz_url: N executions, M seeds, T.Ts".
+ * Last line on stdout: "fuzz: N executions, M seeds, T.Ts".
  */
 #include <dirent.h>
 #include <errno.h>
@@ -85,7 +85,7 @@ static void report_current_input(void)
     if (!data)
         return;
     static const char hex[] = "0123456789abcdef";
-    write_str(2, "\nfuzz_url: crashing input (");
+    write_str(2, "\nfuzz: crashing input (");
     write_size(2, size);
     write_str(2, " bytes): ");
     char chunk[128];
@@ -105,7 +105,7 @@ static void report_current_input(void)
         if (fd >= 0) {
             write_all(fd, data, size);
             close(fd);
-            write_str(2, "fuzz_url: crashing input written to ");
+            write_str(2, "fuzz: crashing input written to ");
             write_str(2, crash_file);
             write_str(2, "\n");
         }
@@ -186,7 +186,7 @@ struct corpus {
 
 static void die(const char *what, const char *path)
 {
-    fprintf(stderr, "fuzz_url: %s %s: %s\n", what, path, strerror(errno));
+    fprintf(stderr, "fuzz: %s %s: %s\n", what, path, strerror(errno));
     exit(2);
 }
 
@@ -196,7 +196,7 @@ static void corpus_add(struct corpus *c, uint8_t *data, size_t size)
         size_t cap = c->cap ? c->cap * 2 : 64;
         struct blob *items = realloc(c->items, cap * sizeof *items);
         if (!items) {
-            fprintf(stderr, "fuzz_url: out of memory\n");
+            fprintf(stderr, "fuzz: out of memory\n");
             exit(2);
         }
         c->items = items;
@@ -502,10 +502,10 @@ int main(int argc, char **argv)
         load_path(&seeds, argv[i]);
     size_t seed_files = seeds.count;
     if (seconds > 0)
-        printf("fuzz_url: seed %" PRIu64 ", %zu seed inputs, up to %llu iterations or %.1fs\n",
+        printf("fuzz: seed %" PRIu64 ", %zu seed inputs, up to %llu iterations or %.1fs\n",
                seed, seed_files, iterations, seconds);
     else
-        printf("fuzz_url: seed %" PRIu64 ", %zu seed inputs, up to %llu iterations\n", seed,
+        printf("fuzz: seed %" PRIu64 ", %zu seed inputs, up to %llu iterations\n", seed,
                seed_files, iterations);
     fflush(stdout);
 
@@ -567,6 +567,6 @@ int main(int argc, char **argv)
         free(seeds.items[i].data);
     free(seeds.items);
 
-    printf("fuzz_url: %llu executions, %zu seeds, %.1fs\n", executions, seed_files, elapsed);
+    printf("fuzz: %llu executions, %zu seeds, %.1fs\n", executions, seed_files, elapsed);
     return 0;
 }
