@@ -489,14 +489,13 @@ int ss_conn_start_tls(ss_conn_t *conn, ss_tls_ctx_t *tls, const char *peer_name,
     if (conn->socktype != SOCK_STREAM || is_local(conn->transport))
         return ss__fail(&conn->err, SS_ERR_UNSUPPORTED, 0, "TLS needs a tcp stream, not %s",
                         ss_transport_name(conn->transport));
-    if (!tls->server) {
-        /* Injection defence: bytes already waiting came before the handshake
-         * and would be taken for TLS records, or were meant to be trusted. */
-        int waiting = 0;
-        if (conn->handback_len > conn->handback_off || (ioctl(conn->fd, FIONREAD, &waiting) == 0 && waiting > 0))
-            return ss__fail(&conn->err, SS_ERR_STARTTLS_BUFFERED, 0, "%s",
-                            ss_error_message(SS_ERR_STARTTLS_BUFFERED));
-    }
+    /* Injection defence: bytes already received came before the handshake and
+     * would be taken for TLS records, or were meant to be trusted. A server's
+     * socket may legitimately hold the ClientHello already. */
+    int waiting = 0;
+    if (conn->handback_len > conn->handback_off ||
+        (!tls->server && ioctl(conn->fd, FIONREAD, &waiting) == 0 && waiting > 0))
+        return ss__fail(&conn->err, SS_ERR_STARTTLS_BUFFERED, 0, "%s", ss_error_message(SS_ERR_STARTTLS_BUFFERED));
     if (peer_name) {
         char *copy = strdup(peer_name);
         if (!copy)

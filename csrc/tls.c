@@ -172,7 +172,7 @@ static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_err
     SSL_CTX_set_app_data(c, ctx);
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     /* A peer that closes without close_notify reads as end of stream, as in PHP. */
-    long options = SSL_OP_IGNORE_UNEXPECTED_EOF;
+    long options = SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION;
     if (o->disable_compression)
         options |= SSL_OP_NO_COMPRESSION;
     if (o->honor_cipher_order)

@@ -1,8 +1,18 @@
 """The pure-Python backend: the same internal surface as ``_native``, on the
 standard library alone (``socket``, ``ssl``).
 
-The parser lives in ``address.py`` beside the types it builds; this module is
-the backend's face for ``_backend``.
+Theory of operation: the twin of csrc/conn.c. A PureConnection is a
+non-blocking socket plus, while TLS is on, an ssl.SSLObject over two MemoryBIOs
+that we pump by hand: TLS output goes from the outgoing BIO to the socket (what
+does not fit waits in ``_unsent``), socket input goes into the incoming BIO.
+States and their names match the C core's, and Stream drives both alike.
+Because we feed the incoming BIO ourselves, bytes that arrive after the peer's
+close_notify stay in it and go back to the plaintext stream when TLS ends
+(enable_crypto(False)). What Python's ssl cannot check during the handshake
+(allow_self_signed, a name without SNI, verify_depth) is checked right after
+it, before any application data moves.
+
+The address parser lives in ``address.py`` beside the types it builds.
 """
 
 from __future__ import annotations
@@ -21,7 +31,6 @@ import warnings
 from typing import Iterable
 
 from . import errors as _e
-
 from .address import Address, PureAddressBatch, Transport, available_transports_pure, parse_many_pure, parse_pure
 
 NAME = "pure"
@@ -47,20 +56,10 @@ def transport_available(transport: Transport) -> bool:
 
 
 # --- connections --------------------------------------------------------------------------
-#
-# Theory of operation: the twin of csrc/conn.c on the standard library. A
-# PureConnection is a non-blocking socket plus, while TLS is on, an
-# ssl.SSLObject over two MemoryBIOs that we pump by hand: TLS output goes from
-# the outgoing BIO to the socket (what does not fit waits in _unsent), socket
-# input goes into the incoming BIO. States and their names match the C core's.
-# Because we feed the incoming BIO ourselves, bytes that arrive after the
-# peer's close_notify stay in it, and go back to the plaintext stream when
-# TLS ends (enable_crypto(False)).
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 _RECV = 65536
 _HANDBACK_MAX = 1 << 20
-_X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 _REASON = re.compile(r"^\[[^\]]*\]\s*(.*?)\s*\(_ssl\.c:\d+\)$")
@@ -94,7 +93,7 @@ class PureTLS:
     def _build(s, cert: str | None, key: str | None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if s.server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # names are checked per connection (peer_name, SNI_enabled)
-        ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+        ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0) | ssl.OP_NO_RENEGOTIATION
         if s.disable_compression:
             ctx.options |= ssl.OP_NO_COMPRESSION
         if s.honor_cipher_order:
@@ -148,7 +147,7 @@ def _name_matches(pattern: str, name: str) -> bool:
     pattern, name = pattern.lower(), name.lower()
     if pattern == name:
         return True
-    if pattern.startswith("*."):
+    if pattern.startswith("*.") and pattern.count(".") >= 2:  # never "*.com"
         head, dot, rest = name.partition(".")
         return bool(head and dot) and "." + rest == pattern[1:]
     return False
@@ -618,9 +617,11 @@ class PureConnection:
             raise _e.error(_e.TLS_ACTIVE)
         if self._sock.type != socket.SOCK_STREAM or self._address.transport.local:
             raise _e.error(_e.UNSUPPORTED, f"TLS needs a tcp stream, not {self._address.transport.value}")
-        if not tls.settings.server:
+        if self._handback:  # left over from an earlier TLS session
+            raise _e.error(_e.STARTTLS_BUFFERED)
+        if not tls.settings.server:  # a server's ClientHello may already be waiting
             waiting = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-            if self._handback or int.from_bytes(waiting, sys.byteorder):
+            if int.from_bytes(waiting, sys.byteorder):
                 raise _e.error(_e.STARTTLS_BUFFERED)
         if peer_name is not None:
             self._peer_name = peer_name

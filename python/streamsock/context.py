@@ -63,9 +63,19 @@ _VERSION_TRANSPORT = {v: t for t, v in _TRANSPORT_VERSION.items()}
 
 DEFAULT_SOCKET_TIMEOUT = 60.0  # PHP's default_socket_timeout
 
+# TLS 1.2 suites when the ``ciphers`` option is not given: forward secrecy and
+# AEAD only (the list CPython's ssl module uses), so both backends offer the
+# same suites. TLS 1.3 suites are not affected.
+DEFAULT_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+
+
+def _is_text(value: Any) -> bool:
+    # A NUL would cut the C string short: "localhost\0.evil" must not verify as "localhost".
+    return isinstance(value, str) and "\0" not in value
+
 
 def _is_path(value: Any) -> bool:
-    return isinstance(value, (str, os.PathLike))
+    return _is_text(value) or (isinstance(value, os.PathLike) and "\0" not in os.fspath(value))
 
 
 def _is_fingerprint(value: Any) -> bool:
@@ -99,10 +109,10 @@ _SSL_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "capath": (_is_path, "path"),
     "local_cert": (_is_path, "path"),
     "local_pk": (_is_path, "path"),
-    "passphrase": (lambda v: isinstance(v, str), "str"),
-    "peer_name": (lambda v: isinstance(v, str) and v != "", "non-empty str"),
+    "passphrase": (_is_text, "str without NUL"),
+    "peer_name": (lambda v: _is_text(v) and v != "", "non-empty str without NUL"),
     "verify_depth": (lambda v: _is_int(v) and v >= 0, "int >= 0"),
-    "ciphers": (lambda v: isinstance(v, str), "str"),
+    "ciphers": (_is_text, "str without NUL"),
     "capture_peer_cert": (_is_bool, "bool"),
     "capture_peer_cert_chain": (_is_bool, "bool"),
     "SNI_enabled": (_is_bool, "bool"),
@@ -118,7 +128,7 @@ _SSL_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 _SOCKET_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "bindto": (lambda v: isinstance(v, str), "'ip:port' str"),
+    "bindto": (_is_text, "'ip:port' str"),
     "backlog": (lambda v: _is_int(v) and v >= 0, "int >= 0"),
     "ipv6_v6only": (_is_bool, "bool"),
     "so_reuseport": (_is_bool, "bool"),
@@ -140,7 +150,8 @@ def _check(kind: str, given: Mapping[str, Any] | None, schema: dict) -> dict[str
             raise ValueError(f"unknown {kind} context option {name!r}{hint}")
         check, wanted = schema[name]
         if not check(value):
-            raise TypeError(f"{kind} context option {name!r} must be {wanted}, not {value!r}")
+            shown = "a value of type " + type(value).__name__ if name == "passphrase" else repr(value)
+            raise TypeError(f"{kind} context option {name!r} must be {wanted}, not {shown}")
         out[name] = value
     return out
 
@@ -226,7 +237,10 @@ class Context:
 
     @property
     def ssl(self) -> Mapping[str, Any]:
-        """The ssl options (read-only: change them with :meth:`set_option`)."""
+        """The ssl options (read-only: change them with :meth:`set_option`;
+        a passphrase reads back as "***")."""
+        if "passphrase" in self._ssl:
+            return MappingProxyType({**self._ssl, "passphrase": "***"})
         return MappingProxyType(self._ssl)
 
     @property
@@ -256,14 +270,15 @@ class Context:
         ``crypto_method`` option gives the range, and TLS 1.2+ is the default."""
         o = self._ssl
         low, high = _TLS12, 0
-        if transport in _TRANSPORT_VERSION:
+        if transport in _TRANSPORT_VERSION:  # tlsv1.x:// pins its version; nothing widens it
             low = high = _TRANSPORT_VERSION[transport]
-        elif method is not None or "crypto_method" in o:
-            low, high = version_range(method if method is not None else o["crypto_method"])
-        if "min_proto_version" in o:
-            low = dict(_VERSION_BITS)[o["min_proto_version"]]
-        if "max_proto_version" in o:
-            high = dict(_VERSION_BITS)[o["max_proto_version"]]
+        else:
+            if method is not None or "crypto_method" in o:
+                low, high = version_range(method if method is not None else o["crypto_method"])
+            if "min_proto_version" in o:
+                low = dict(_VERSION_BITS)[o["min_proto_version"]]
+            if "max_proto_version" in o:
+                high = dict(_VERSION_BITS)[o["max_proto_version"]]
         sni = tuple(
             (name, str(v), None) if _is_path(v) else (name, str(v["local_cert"]), _opt_path(v.get("local_pk")))
             for name, v in o.get("SNI_server_certs", {}).items()
@@ -283,7 +298,7 @@ class Context:
             local_cert=_opt_path(o.get("local_cert")),
             local_pk=_opt_path(o.get("local_pk")),
             passphrase=o.get("passphrase"),
-            ciphers=o.get("ciphers"),
+            ciphers=o.get("ciphers", DEFAULT_CIPHERS),
             alpn=alpn_wire(o["alpn_protocols"]) if "alpn_protocols" in o else b"",
             sni_certs=sni,
         )

@@ -67,6 +67,8 @@ class Stream:
         "_eof",
         "_lock",
         "_ready",
+        "_pending_context",
+        "_close_pending",
         "_server_side",
         "_peer_certificate",
         "_peer_certificate_chain",
@@ -85,7 +87,9 @@ class Stream:
         self._timed_out = False
         self._eof = False
         self._lock = threading.Lock()
-        self._ready = ready
+        self._ready = ready  # False while a handshake (connect or STARTTLS) owes its checks
+        self._pending_context: tuple | str = ("Unable to connect to", address)
+        self._close_pending = False
         self._server_side = server_side
         self._peer_certificate = None
         self._peer_certificate_chain = None
@@ -96,25 +100,30 @@ class Stream:
         if not self._lock.acquire(blocking=False):
             raise _e.error(_e.BUSY)
         if self._conn is None:
-            self._lock.release()
+            self._leave()
             raise _e.error(_e.CLOSED)
         if not self._ready:
             try:
-                ready = self._finish_connect()
+                ready = self._finish_handshake()
             except BaseException:
-                self._lock.release()
+                self._leave()
                 raise
             if not ready:
-                self._lock.release()
+                self._leave()
                 return False
         return True
 
-    def _finish_connect(self) -> bool:
-        """Completes an async connect: True when established."""
-        context = ("Unable to connect to", self.address)
+    def _leave(self) -> None:
+        self._lock.release()
+        if self._close_pending:  # close() was called while another thread was inside
+            self.close()
+
+    def _finish_handshake(self) -> bool:
+        """Completes a pending async connect or non-blocking STARTTLS, then runs
+        its checks (fingerprint, capture): True when done."""
         if self._blocking:
-            self._conn.run(self._timeout, context)
-        elif self._conn.step(context) != DONE:
+            self._conn.run(self._timeout, self._pending_context)
+        elif self._conn.step(self._pending_context) != DONE:
             return False
         self._ready = True
         self._after_handshake()
@@ -158,14 +167,19 @@ class Stream:
         from .certificate import Certificate, fingerprint_matches
 
         ders = self._conn.peer_certs(wants_chain)
-        if "peer_fingerprint" in ssl and not self._server_side:
+        if "peer_fingerprint" in ssl:
             if not ders or not fingerprint_matches(ders[0], ssl["peer_fingerprint"]):
                 self._conn.close()
-                raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=("Unable to connect to", self.address))
-        if ssl.get("capture_peer_cert") and ders:
-            self._peer_certificate = Certificate(ders[0])
-        if wants_chain:
-            self._peer_certificate_chain = [Certificate(d) for d in ders]
+                raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=self._pending_context)
+        try:
+            if ssl.get("capture_peer_cert") and ders:
+                self._peer_certificate = Certificate(ders[0])
+            if wants_chain:
+                self._peer_certificate_chain = [Certificate(d) for d in ders]
+        except ValueError as exc:
+            self._conn.close()
+            raise _e.error(_e.TLS, f"the peer's certificate could not be read: {exc}",
+                           context=self._pending_context) from exc
 
     # -- reading ------------------------------------------------------------------
 
@@ -188,7 +202,7 @@ class Stream:
             buf += memoryview(data)[size:]
             return data[:size]
         finally:
-            self._lock.release()
+            self._leave()
 
     def _read_all(self) -> bytes:
         parts = [bytes(self._rbuf)]
@@ -233,7 +247,7 @@ class Stream:
             del buf[:end]
             return line
         finally:
-            self._lock.release()
+            self._leave()
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
@@ -270,7 +284,7 @@ class Stream:
                     raise
             return total
         finally:
-            self._lock.release()
+            self._leave()
 
     # -- state ------------------------------------------------------------------------
 
@@ -376,13 +390,14 @@ class Stream:
         (STARTTLS injection). In non-blocking mode, returns False while the
         handshake needs more I/O: call again until it returns True.
         """
+        pending = not self._ready  # a call before this one started the handshake
         if not self._enter():
             return False
         try:
+            if pending:
+                return True  # _enter just finished it
             conn = self._conn
             if enable:
-                if conn.state == "handshaking":
-                    return self._drive_handshake()
                 if conn.is_tls:
                     raise _e.error(_e.TLS_ACTIVE)
                 if self.address.transport not in (Transport.TCP,) and not self.address.secure:
@@ -393,7 +408,14 @@ class Stream:
                     raise _e.error(_e.STARTTLS_BUFFERED, None, 0)
                 server = self._server_side if method is None else not (method & 1)
                 tls = self.context.tls_context(self._backend, server, None, method)
-                session = session_stream._conn if session_stream is not None else None
+                session = None
+                if session_stream is not None:
+                    # A resumed session skips certificate checks: only for the same peer.
+                    if session_stream.context.peer_name(session_stream.address) != self.context.peer_name(
+                        self.address
+                    ):
+                        raise ValueError("session_stream was made for another peer name")
+                    session = session_stream._conn
                 conn.start_tls(tls, self.context.peer_name(self.address), self.context.verify_peer_name,
                                self.context.sni_enabled, session)
                 return self._drive_handshake()
@@ -402,15 +424,12 @@ class Stream:
             conn.stop_tls()
             return self._drive_handshake()
         finally:
-            self._lock.release()
+            self._leave()
 
     def _drive_handshake(self) -> bool:
-        if self._blocking:
-            self._conn.run(self._timeout, "Failed to enable crypto")
-        elif self._conn.step("Failed to enable crypto") != DONE:
-            return False
-        self._after_handshake()
-        return True
+        self._pending_context = "Failed to enable crypto"
+        self._ready = False  # until done, any read or write finishes it and runs the checks
+        return self._finish_handshake()
 
     # -- closing -----------------------------------------------------------------------
 
@@ -421,13 +440,30 @@ class Stream:
         try:
             self._conn.shutdown(how)
         finally:
-            self._lock.release()
+            self._leave()
 
     def close(self) -> None:
-        """Closes the stream (sending TLS close_notify when TLS is on); idempotent."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        """Closes the stream (sending TLS close_notify when TLS is on); idempotent.
+
+        From another thread while a call is inside the stream, the socket is
+        shut down at once (waking that call, which then fails) and closed
+        when that call returns."""
+        if not self._lock.acquire(blocking=False):
+            conn = self._conn
+            self._close_pending = True
+            if conn is not None:
+                try:
+                    conn.shutdown(SHUT_RDWR)
+                except _e.StreamSocketError:
+                    pass
+            return
+        try:
+            conn, self._conn = self._conn, None
+            self._close_pending = False
+            if conn is not None:
+                conn.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "Stream":
         return self
@@ -476,10 +512,11 @@ class Server:
             if not listener.wait(WANT_READ, remaining):
                 raise _e.error(_e.TIMEOUT, f"accept on {self.address} timed out", 110)
         stream = Stream(conn, self._backend, self.address, self.context, server_side=True)
+        stream._pending_context = "TLS handshake with the client failed"
         try:
             if conn.state != "established":
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                conn.run(remaining, "TLS handshake with the client failed")
+                conn.run(remaining, stream._pending_context)
                 stream._after_handshake()
             return stream, conn.name(True)
         except BaseException:
