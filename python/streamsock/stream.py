@@ -118,6 +118,15 @@ class Stream:
         if self._close_pending:  # close() was called while another thread was inside
             self.close()
 
+    def _closed_under_us(self, exc: _e.StreamSocketError) -> _e.StreamSocketError:
+        """What a call interrupted by close() from another thread raises: the
+        stream is closed, whatever the torn-down socket said."""
+        if self._close_pending:
+            closed = _e.error(_e.CLOSED, "stream closed by another thread")
+            closed.__cause__ = exc
+            return closed
+        return exc
+
     def _finish_handshake(self) -> bool:
         """Completes a pending async connect or non-blocking STARTTLS, then runs
         its checks (fingerprint, capture): True when done."""
@@ -144,9 +153,14 @@ class Stream:
         conn = self._conn
         deadline = -1.0
         while True:
-            data = conn.read(size)
+            try:
+                data = conn.read(size)
+            except _e.StreamSocketError as exc:
+                raise self._closed_under_us(exc) from None
             if type(data) is bytes:
                 self._timed_out = False
+                if not data and self._close_pending:
+                    raise _e.error(_e.CLOSED, "stream closed by another thread")
                 if not data:
                     self._eof = True
                 return data
@@ -269,7 +283,10 @@ class Stream:
             deadline = -1.0
             conn = self._conn
             while total < len(view):
-                n = conn.write(view[total:])
+                try:
+                    n = conn.write(view[total:])
+                except _e.StreamSocketError as exc:
+                    raise self._closed_under_us(exc) from None
                 if n > 0:
                     total += n
                     continue
