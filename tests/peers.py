@@ -1563,3 +1563,192 @@ def udg_echo():
 def udg_echo_abstract():
     with UdgEchoServer(abstract=True) as server:
         yield server
+
+
+# ---------------------------------------------------------------------------
+# hostile peers for tests/test_faults.py and tests/test_threads.py
+# (appended: scripts for RawServer, a stalling TLS server, hostile-client helpers)
+# ---------------------------------------------------------------------------
+
+#: a TLS record header (handshake, TLS 1.2 framing) announcing 1000 bytes of body
+TRUNCATED_RECORD = b"\x16\x03\x03\x03\xe8" + b"\x02" * 10
+
+
+def truncated_record(conn: socket.socket) -> bytes:
+    """Read the ClientHello, answer with a record header claiming 1000 bytes followed by
+    only 10 of them, then close (FIN).  Returns the ClientHello."""
+    data = conn.recv(16384)
+    conn.sendall(TRUNCATED_RECORD)
+    conn.close()
+    return data
+
+
+def send_then_close(payload: bytes) -> Callable[[socket.socket], None]:
+    """A script that sends ``payload`` right after accept and closes (FIN): e.g. a
+    plaintext peer hanging up in the middle of a line."""
+    def script(conn: socket.socket) -> None:
+        conn.sendall(payload)
+        conn.close()
+    script.__name__ = "send_then_close"
+    return script
+
+
+def _bio_server_handshake(conn: socket.socket, context: ssl.SSLContext):
+    """Server-side TLS handshake over MemoryBIOs on ``conn`` (so the script controls the
+    exact bytes written afterwards).  Returns (SSLObject, outgoing MemoryBIO), or
+    (None, None) when the client hung up during the handshake."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    while True:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            conn.sendall(outgoing.read())
+            data = conn.recv(65536)
+            if not data:
+                return None, None
+            incoming.write(data)
+            continue
+        conn.sendall(outgoing.read())
+        return tls, outgoing
+
+
+def split_record_script(context: ssl.SSLContext, payload: bytes, split_at: int = 7,
+                        pause: float = 0.6) -> Callable[[socket.socket], None]:
+    """Handshake, then send ``payload`` as one application-data record in two pieces:
+    the first ``split_at`` bytes, a pause of ``pause`` s, then the rest.  Then waits
+    (up to 2 s) for the client to hang up."""
+    def script(conn: socket.socket) -> None:
+        tls, outgoing = _bio_server_handshake(conn, context)
+        if tls is None:
+            return
+        tls.write(payload)
+        record = outgoing.read()
+        conn.sendall(record[:split_at])
+        time.sleep(pause)
+        conn.sendall(record[split_at:])
+        _recv_until_eof(conn, 2.0)
+    script.__name__ = "split_record"
+    return script
+
+
+def truncated_app_record_script(context: ssl.SSLContext, payload: bytes) -> Callable[[socket.socket], None]:
+    """Handshake, send ``payload`` in a whole record, then an application-data record
+    header claiming 1000 bytes followed by 10 bytes, and close (FIN, no close_notify)."""
+    def script(conn: socket.socket) -> None:
+        tls, outgoing = _bio_server_handshake(conn, context)
+        if tls is None:
+            return
+        tls.write(payload)
+        conn.sendall(outgoing.read() + b"\x17\x03\x03\x03\xe8" + b"\x00" * 10)
+        conn.close()
+    script.__name__ = "truncated_app_record"
+    return script
+
+
+def flood_script(context: ssl.SSLContext, chunk: int = 65536) -> Callable[[socket.socket], None]:
+    """Handshake, then send application data as fast as the client reads it, until the
+    client goes away.  TLS runs over MemoryBIOs so the connection socket stays the
+    record's own: RawServer.close() can shut it down under a blocked sendall()."""
+    def script(conn: socket.socket) -> None:
+        tls, outgoing = _bio_server_handshake(conn, context)
+        if tls is None:
+            return
+        block = b"z" * chunk
+        try:
+            while True:
+                tls.write(block)
+                conn.sendall(outgoing.read())
+        except (OSError, ValueError, ssl.SSLError):
+            pass
+    script.__name__ = "flood"
+    return script
+
+
+class StallingTLSServer(_StreamServer):
+    """Completes the TLS handshake (stdlib ``ssl``), then neither reads nor writes
+    anything until close(): read timeouts after the handshake, and writes that fill the
+    socket buffers (the peer never reads).
+
+    StallingTLSServer(certfile, keyfile, host="127.0.0.1", port=0).
+    ``connections`` are TLSConnectionRecords (handshake_done / handshake_error / version).
+    """
+
+    record_class = TLSConnectionRecord
+
+    def __init__(self, certfile: str, keyfile: Optional[str] = None, host: str = LOOPBACK4, port: int = 0, *,
+                 io_timeout: float = IO_TIMEOUT):
+        super().__init__(host, port, io_timeout=io_timeout)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certfile, keyfile)
+
+    def _handle(self, record: TLSConnectionRecord):
+        tls = record._swap(lambda raw: self.context.wrap_socket(raw, server_side=True,
+                                                               do_handshake_on_connect=False))
+        try:
+            tls.do_handshake()
+        except BaseException as exc:
+            record.handshake_error = exc
+            record.handshake_done.set()
+            return None
+        record.version = tls.version()
+        record.handshake_done.set()
+        self._stop.wait()
+        return None
+
+
+def client_hello(server_hostname: Optional[str] = None) -> bytes:
+    """The bytes of a real TLS ClientHello (stdlib ssl over MemoryBIOs, no verification),
+    for hostile clients that send a ClientHello and then misbehave."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def reset_socket(sock: socket.socket) -> None:
+    """Close ``sock`` with SO_LINGER {1, 0}: the peer gets a RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def slow_drip_handshake(conn: socket.socket, interval: float = 0.1, duration: float = 4.0) -> bytes:
+    """Read the ClientHello, then answer with a record header announcing 16 KiB and drip
+    its body one byte every ``interval`` s (for at most ``duration`` s): a client whose
+    timeout restarts with every byte would wait far past its deadline."""
+    data = conn.recv(16384)
+    deadline = time.monotonic() + duration
+    try:
+        conn.sendall(b"\x16\x03\x03\x40\x00")
+        while time.monotonic() < deadline:
+            conn.sendall(b"\x02")
+            time.sleep(interval)
+    except OSError:
+        pass
+    return data
+
+
+def trickle_record_script(context: ssl.SSLContext, payload: bytes, interval: float = 0.05
+                          ) -> Callable[[socket.socket], None]:
+    """Handshake, then send ``payload`` as one application-data record, one byte every
+    ``interval`` s (until the client hangs up)."""
+    def script(conn: socket.socket) -> None:
+        tls, outgoing = _bio_server_handshake(conn, context)
+        if tls is None:
+            return
+        tls.write(payload)
+        record = outgoing.read()
+        try:
+            for i in range(len(record)):
+                conn.sendall(record[i:i + 1])
+                time.sleep(interval)
+        except OSError:
+            pass
+    script.__name__ = "trickle_record"
+    return script

@@ -473,8 +473,10 @@ class NativeConnection:
 
 
 def _cached_options(address: Address, context, tls):
-    """The ss_conn_options_t for (address, tls), built once per Context: the C
-    side copies what it keeps, so one struct serves every connection."""
+    """(ss_conn_options_t, the strings it points to, tls) for (address, tls),
+    built once per Context: the C side copies what it keeps, so one struct
+    serves every connection. Callers hold the whole entry during their call,
+    so a cache clear on another thread cannot free the strings under it."""
     cache = context.backend_cache
     key = (NAME, address, id(tls))
     entry = cache.get(key)
@@ -484,12 +486,13 @@ def _cached_options(address: Address, context, tls):
         if len(cache) > 256:  # many distinct targets: keep the cache small
             cache.clear()
         cache[key] = entry
-    return entry[0]
+    return entry
 
 
 def open_client(address: Address, context, tls) -> NativeConnection:
     err = ffi.new("ss_error_info_t *")
-    handle = lib.ss_conn_client(_cached_options(address, context, tls), err)
+    entry = _cached_options(address, context, tls)
+    handle = lib.ss_conn_client(entry[0], err)
     if handle == ffi.NULL:
         _raise_record(err)
     return NativeConnection(handle)

@@ -59,6 +59,7 @@ def transport_available(transport: Transport) -> bool:
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 _RECV = 65536
+_RECORD = 16384  # TLS's largest record payload
 _HANDBACK_MAX = 1 << 20
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
@@ -359,7 +360,8 @@ class PureConnection:
         self._shutdown_sent = False
 
     def _flush(self) -> bool:
-        """Sends what TLS produced; False when the socket is full."""
+        """Sends what TLS produced; False when the socket is full. A socket
+        error propagates as OSError: the caller names the TLS operation."""
         data = self._unsent + self._out.read() if self._out is not None else self._unsent
         while data:
             try:
@@ -367,21 +369,20 @@ class PureConnection:
             except BlockingIOError:
                 self._unsent = data
                 return False
-            except OSError as exc:
+            except OSError:
                 self._unsent = b""
-                self._fail(_e.SYSTEM, exc.errno or 0, f"write failed: {exc.strerror}")
+                raise
             data = data[n:]
         self._unsent = b""
         return True
 
     def _fill(self) -> int:
-        """Moves socket input into TLS: DONE, or WANT_READ when none is waiting."""
+        """Moves socket input into TLS: DONE, or WANT_READ when none is waiting.
+        A socket error propagates as OSError, as in _flush."""
         try:
             data = self._sock.recv(_RECV)
         except BlockingIOError:
             return WANT_READ
-        except OSError as exc:
-            self._fail(_e.SYSTEM, exc.errno or 0, f"read failed: {exc.strerror}")
         if data:
             self._in.write(data)
         else:
@@ -403,13 +404,19 @@ class PureConnection:
                 return result, WANT_WRITE
             return result, DONE
 
+    def _socket_failed(self, exc: OSError, what: str, context) -> None:
+        """A socket error under TLS, reported as the C core does (SSL_ERROR_SYSCALL)."""
+        self._fail(_e.TLS, exc.errno or 0, f"{what}: {exc.strerror or exc}", context)
+
     def _handshake(self, context) -> int:
-        if self._unsent and not self._flush():
-            return WANT_WRITE
         try:
+            if self._unsent and not self._flush():
+                return WANT_WRITE
             _, want = self._tls_call(self._ssl.do_handshake)
         except ssl.SSLError as exc:
             self._fail_tls(exc, "TLS handshake failed", context)
+        except OSError as exc:
+            self._socket_failed(exc, "TLS handshake failed", context)
         if want == WANT_READ:
             return want
         if want == WANT_WRITE and not self._ssl.server_side and self._unsent:
@@ -420,7 +427,7 @@ class PureConnection:
     def _fail_tls(self, exc: ssl.SSLError, what: str, context) -> None:
         try:
             self._flush()  # send the alert
-        except _e.StreamSocketError:
+        except OSError:
             pass
         code = _e.TLS_VERIFY if isinstance(exc, ssl.SSLCertVerificationError) else _e.TLS
         if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
@@ -469,6 +476,12 @@ class PureConnection:
                            context)
 
     def _tls_shutdown(self, context) -> int:
+        try:
+            return self._tls_shutdown_step(context)
+        except OSError as exc:
+            self._socket_failed(exc, "TLS shutdown failed", context)
+
+    def _tls_shutdown_step(self, context) -> int:
         if not self._shutdown_sent:
             try:
                 self._ssl._sslobj.shutdown()
@@ -561,6 +574,8 @@ class PureConnection:
             return b""
         except ssl.SSLError as exc:
             self._fail_tls(exc, "TLS read failed", None)
+        except OSError as exc:
+            self._socket_failed(exc, "TLS read failed", None)
         if data is None:
             return want  # no record complete yet
         return data  # b"" once the peer's close_notify arrived
@@ -579,13 +594,18 @@ class PureConnection:
                 return -WANT_WRITE
             except OSError as exc:
                 self._fail(_e.SYSTEM, exc.errno or 0, f"write failed: {exc.strerror}")
-        if self._unsent and not self._flush():
-            return -WANT_WRITE
         try:
-            n = self._ssl.write(data)
+            if self._unsent and not self._flush():
+                return -WANT_WRITE
+            # One record at a time: what the socket cannot take waits in
+            # _unsent (at most a record) and holds back the next write, so a
+            # peer that stops reading stalls us instead of filling memory.
+            n = self._ssl.write(data[:_RECORD])
+            self._flush()
         except ssl.SSLError as exc:
             self._fail_tls(exc, "TLS write failed", None)
-        self._flush()  # what does not fit now goes out before the next write
+        except OSError as exc:
+            self._socket_failed(exc, "TLS write failed", None)
         return n
 
     def recvfrom(self, size: int):
@@ -650,7 +670,7 @@ class PureConnection:
                 pass
             try:
                 self._flush()
-            except _e.StreamSocketError:
+            except OSError:
                 pass
         self._detach()
         if self._sock is not None:

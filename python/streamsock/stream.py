@@ -199,7 +199,8 @@ class Stream:
 
     def read(self, size: int = _CHUNK) -> bytes | None:
         """Up to ``size`` bytes; ``b""`` at end of stream; ``None`` when
-        non-blocking and no data is waiting. ``size=-1`` reads to the end."""
+        non-blocking and no data is waiting. ``size=-1`` reads to the end of
+        the stream (non-blocking: ``None`` until the end has arrived)."""
         if not self._enter():
             return None
         try:
@@ -218,17 +219,18 @@ class Stream:
         finally:
             self._leave()
 
-    def _read_all(self) -> bytes:
-        parts = [bytes(self._rbuf)]
-        self._rbuf.clear()
+    def _read_all(self) -> bytes | None:
+        # Everything read stays in our buffer until the end is reached, so a
+        # timeout (or non-blocking "not yet") loses nothing.
         while True:
             data = self._recv(65536)
+            if data is None:
+                return None
             if not data:
-                if data is None:
-                    self._rbuf += b"".join(parts)  # non-blocking: keep what we have for later
-                    return b""
-                return b"".join(parts)
-            parts.append(data)
+                out = bytes(self._rbuf)
+                self._rbuf.clear()
+                return out
+            self._rbuf += data
 
     def readline(self, limit: int = -1) -> bytes | None:
         """One line, its ``b"\\n"`` included (PHP's fgets): at most ``limit``
