@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,14 @@ def no_fd_leak():
     if leaked:
         targets = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked}
         pytest.fail(f"file descriptors leaked: {targets}")
+
+
+@pytest.fixture
+def no_thread_leak():
+    """Fail a test that leaves a thread running (peers join theirs when their ``with`` ends)."""
+    before = threading.active_count()
+    yield
+    deadline = time.monotonic() + 2.0
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]

@@ -42,15 +42,7 @@ PROMPT = 2.0
 SLACK = 1.5
 
 
-@pytest.fixture(autouse=True)
-def no_thread_leak():
-    """No thread may outlive a test (peers join theirs when their ``with`` ends)."""
-    before = threading.active_count()
-    yield
-    deadline = time.monotonic() + 2.0
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == before, [t.name for t in threading.enumerate()]
+pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
 
 def expect(exc_type, fn, *, within: float, at_least: float = 0.0):

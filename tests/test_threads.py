@@ -20,14 +20,7 @@ from peers import PyTLSServer, SilentServer, SMTPStartTLSServer, StallingTLSServ
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def no_thread_leak():
-    before = threading.active_count()
-    yield
-    deadline = time.monotonic() + 2.0
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == before, [t.name for t in threading.enumerate()]
+pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
 
 def port_of(server: ss.Server) -> int:
