@@ -4,6 +4,11 @@ Parsing crosses the FFI once per address (``parse``) or once per batch
 (``parse_many``/``parse_batch``); the C side writes offsets into the caller's
 buffer and Python slices the original ``str``, so ASCII input (nearly all real
 input) is never decoded back from bytes.
+
+Connections: NativeConnection wraps one ``ss_conn_t`` (owned with ``ffi.gc``,
+freed with it) behind the interface stream.py drives; ``run`` is the C
+blocking driver, one call for connect plus handshake. TLS contexts are
+``ss_tls_ctx_t`` handles compiled once per Context and shared.
 """
 
 from __future__ import annotations
@@ -31,10 +36,6 @@ _MAX_BYTES = 0xFFFFFFFF
 
 def openssl_version() -> str:
     return ffi.string(lib.ss_openssl_version()).decode()
-
-
-def transport_available(transport: Transport) -> bool:
-    return lib.ss_transport_available(_code_of(transport)) == 1
 
 
 def available_transports() -> tuple[str, ...]:

@@ -51,10 +51,6 @@ def available_transports() -> tuple[str, ...]:
     return available_transports_pure()
 
 
-def transport_available(transport: Transport) -> bool:
-    return Transport(transport).value in available_transports_pure()
-
-
 # --- connections --------------------------------------------------------------------------
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
