@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+
 import pytest
 
 import streamsock as ss
@@ -79,3 +83,67 @@ def test_sslv3_only_method_is_refused(backend, tls_server):
     ctx = ss.Context(ssl={"crypto_method": ss.CRYPTO_METHOD_SSLv3_CLIENT})
     with pytest.raises(ss.UnsupportedTransportError, match="SSLv3 is not supported by the linked OpenSSL"):
         backend.client(f"ssl://127.0.0.1:{tls_server.port}", timeout=1, context=ctx)
+
+
+def _sockopt(stream, level, name) -> int:
+    with socket.socket(fileno=os.dup(stream.fileno())) as view:
+        return view.getsockopt(level, name)
+
+
+def test_socket_options_reach_the_socket(backend, udp_echo, tls_server):
+    ctx = ss.Context(socket={"so_broadcast": True, "so_reuseport": True})
+    with backend.client(f"udp://{udp_echo.address}", timeout=5, context=ctx) as s:
+        assert _sockopt(s, socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
+        assert _sockopt(s, socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    with backend.client(f"tcp://127.0.0.1:{tls_server.port}", timeout=5,
+                        context=ss.Context(socket={"tcp_nodelay": True})) as s:
+        assert _sockopt(s, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    with backend.client(f"tcp://127.0.0.1:{tls_server.port}", timeout=5) as s:
+        assert _sockopt(s, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+
+
+def test_server_socket_options(backend):
+    from peers import has_ipv6
+
+    if not has_ipv6():
+        pytest.skip("no IPv6 loopback")
+    ctx = ss.Context(socket={"ipv6_v6only": True, "backlog": 3})
+    with backend.server("tcp://[::]:0", context=ctx) as srv:
+        with socket.socket(fileno=os.dup(srv.fileno())) as view:
+            assert view.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        port = int(srv.local_name.rsplit(":", 1)[1])
+        with pytest.raises(ss.ConnectError):  # v6-only: no IPv4 on the same port
+            backend.client(f"tcp://127.0.0.1:{port}", timeout=2)
+
+
+def test_tls10_is_pinned_and_works_only_at_security_level_0(backend, pki):
+    server_ctx = ss.Context(ssl={"local_cert": pki.server_certfile, "local_pk": pki.server_keyfile,
+                                 "security_level": 0, "ciphers": "DEFAULT"})
+    with backend.server("tlsv1.0://127.0.0.1:0", context=server_ctx) as srv:
+        port = int(srv.local_name.rsplit(":", 1)[1])
+        seen = []
+
+        def serve():
+            try:
+                conn, _ = srv.accept(timeout=5)
+                with conn:
+                    seen.append(conn.crypto["protocol"])
+                    conn.write(conn.readline())
+            except ss.StreamSocketError as exc:
+                seen.append(exc)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "security_level": 0, "ciphers": "DEFAULT"})
+        with backend.client(f"tlsv1.0://localhost:{port}", timeout=5, context=ctx) as s:
+            assert s.crypto["protocol"] == "TLSv1"
+            s.write(b"old\n")
+            assert s.readline() == b"old\n"
+        t.join(10)
+        assert seen == ["TLSv1"]
+        # At OpenSSL's default security level the same client cannot speak TLS 1.0 at all.
+        t = threading.Thread(target=serve)
+        t.start()
+        with pytest.raises(ss.TLSError):
+            backend.client(f"tlsv1.0://localhost:{port}", timeout=5, context=ss.Context(ssl={"cafile": pki.cafile}))
+        t.join(10)
