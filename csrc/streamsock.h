@@ -323,6 +323,73 @@ int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out);
  * certificate, or a negative error. */
 int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap);
 
+/* ---- the engine: many client connections at once on epoll -------------- */
+
+typedef struct ss_engine ss_engine_t;
+
+/* How every probe runs. Timeouts are in milliseconds, <= 0 for none.
+ *   concurrency   connections in flight at most (>= 1)
+ *   connect_*     resolve + TCP connect; handshake_*: the TLS handshake;
+ *   total_*       the whole probe, payload and banner included
+ *   payload       bytes sent once established (may be NULL)
+ *   banner_max    bytes of the peer's first data to keep (0: read nothing)
+ *   capture_chain 0: the leaf certificate only; 1: every certificate sent */
+typedef struct ss_engine_options {
+    int32_t concurrency;
+    int32_t connect_timeout_ms;
+    int32_t handshake_timeout_ms;
+    int32_t total_timeout_ms;
+    const char *payload;
+    uint32_t payload_len;
+    uint32_t banner_max;
+    int32_t capture_chain;
+} ss_engine_options_t;
+
+/* One finished probe. Variable-size data lives in the caller's arena:
+ * banner bytes at banner_off, and certificates at certs_off as a sequence of
+ * (4-byte little-endian length, DER) pairs. Times are from the probe's start;
+ * a phase not reached is -1. */
+typedef struct ss_probe_result {
+    uint64_t id;
+    int32_t ok;              /* 1: connected (and TLS done, if TLS) */
+    int32_t error;           /* SS_OK or the ss_error that ended it */
+    int32_t sys_errno;
+    int32_t verify_result;
+    int32_t state;           /* enum ss_state reached */
+    int32_t session_reused;
+    char message[256];
+    char protocol[16];
+    char cipher[64];
+    char group[64];
+    char alpn[64];
+    char peer[64];           /* the address connected to */
+    double connect_ms;
+    double handshake_ms;
+    double total_ms;
+    uint32_t banner_off;
+    uint32_t banner_len;
+    uint32_t certs_off;
+    uint32_t certs_len;
+} ss_probe_result_t;
+
+ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err);
+/* Closes every connection still queued or in flight. NULL is a no-op. */
+void ss_engine_free(ss_engine_t *engine);
+
+/* Queues a client conn (from ss_conn_client, not yet stepped) under id; the
+ * engine owns it from now on, also when this fails. */
+int ss_engine_add(ss_engine_t *engine, uint64_t id, ss_conn_t *conn);
+
+/* Probes queued or in flight and not yet reported. */
+uint32_t ss_engine_pending(const ss_engine_t *engine);
+
+/* Runs the probes until at least one has finished or timeout_ms passes
+ * (-1: until one finishes, 0: poll once), and writes up to cap finished ones
+ * to out, their data to arena. Returns how many, or a negative error. Blocks
+ * only the calling thread. */
+int32_t ss_engine_run(ss_engine_t *engine, int32_t timeout_ms, ss_probe_result_t *out, uint32_t cap,
+                      unsigned char *arena, uint32_t arena_cap);
+
 /* Parses one address of len bytes (not NUL-terminated; NUL bytes are data).
  * Fills *out and returns out->error. Never allocates. */
 int ss_parse_address(const char *text, size_t len, ss_address_t *out);

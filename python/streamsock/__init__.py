@@ -44,6 +44,7 @@ from .context import (
     CRYPTO_PROTO_TLSv1_3,
     Context,
 )
+from .probe import ProbeResult
 from .stream import (
     CLIENT_ASYNC_CONNECT,
     CLIENT_CONNECT,
@@ -103,6 +104,8 @@ __all__ = [
     "parse",
     "parse_batch",
     "parse_many",
+    "probe",
+    "ProbeResult",
 ]
 
 __all__ += sorted(name for name in dir() if name.startswith(("CRYPTO_METHOD_", "CRYPTO_PROTO_")))
@@ -172,6 +175,23 @@ def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
     """Listen (tcp, ssl/tls, unix) or bind (udp, udg), as PHP's ``stream_socket_server``.
     Port 0 picks a free port: see ``Server.local_name``."""
     return _active.server(address, flags, context)
+
+
+def probe(targets, concurrency: int = 100, timeout: float = 5.0, context: Context | None = None, *,
+          connect_timeout: float | None = None, handshake_timeout: float | None = None, payload: bytes = b"",
+          banner: int = 0, capture_chain: bool = False):
+    """Connect to many targets at once; yields a :class:`ProbeResult` per target as it finishes.
+
+    ``targets`` is any iterable of addresses (a generator over a file of
+    millions of lines works in bounded memory). ``timeout`` bounds each whole
+    probe; ``connect_timeout`` and ``handshake_timeout`` its phases. TLS targets
+    (``tls://``, ``ssl://``, ``tlsv1.x://``) are verified with ``context``.
+    ``payload`` is sent once connected and up to ``banner`` bytes of the reply
+    are kept. The native backend drives everything from one C epoll loop.
+    """
+    return _active.probe(targets, concurrency, timeout, context, connect_timeout=connect_timeout,
+                         handshake_timeout=handshake_timeout, payload=payload, banner=banner,
+                         capture_chain=capture_chain)
 
 
 def openssl_version() -> str:

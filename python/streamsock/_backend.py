@@ -45,6 +45,15 @@ class Backend:
         """PHP's stream_socket_server; see :func:`streamsock.server`."""
         return _stream.server(self, address, flags, context)
 
+    def probe(self, targets, concurrency=100, timeout=5.0, context=None, *, connect_timeout=None,
+              handshake_timeout=None, payload=b"", banner=0, capture_chain=False):
+        """Probe many targets at once; see :func:`streamsock.probe`."""
+        from .probe import ProbeOptions, probe
+
+        options = ProbeOptions(concurrency, timeout, connect_timeout, handshake_timeout, payload, banner,
+                               capture_chain)
+        return probe(self, targets, context, options)
+
     def openssl_version(self) -> str:
         """The OpenSSL this backend is linked to."""
         return self._impl.openssl_version()

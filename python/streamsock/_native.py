@@ -516,3 +516,71 @@ def accept(listener: NativeConnection) -> NativeConnection | None:
             _raise_record(err)
         return None
     return NativeConnection(handle)
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+_RESULTS = 256  # records per ss_engine_run call
+_ARENA = 1 << 20  # bytes of banners and certificates per call
+
+
+class Engine:
+    """One ss_engine_t: probes added as client conns, finished ones read back as dicts."""
+
+    def __init__(self, options) -> None:
+        o = ffi.new("ss_engine_options_t *")
+        o.concurrency = options.concurrency
+        o.total_timeout_ms = _timeout_ms(options.timeout)
+        o.connect_timeout_ms = _timeout_ms(options.connect_timeout or options.timeout)
+        o.handshake_timeout_ms = _timeout_ms(options.handshake_timeout or options.timeout)
+        payload = ffi.from_buffer(options.payload) if options.payload else ffi.NULL
+        o.payload = ffi.cast("const char *", payload)
+        o.payload_len = len(options.payload)
+        o.banner_max = options.banner
+        o.capture_chain = options.capture_chain
+        err = ffi.new("ss_error_info_t *")
+        handle = lib.ss_engine_new(o, err)
+        if handle == ffi.NULL:
+            _raise_record(err)
+        self._h = ffi.gc(handle, lib.ss_engine_free)
+        self._results = ffi.new("ss_probe_result_t[]", _RESULTS)
+        self._arena = ffi.new("unsigned char[]", _ARENA)
+
+    def add(self, index: int, address: Address, context, tls) -> None:
+        s = _Strings()
+        err = ffi.new("ss_error_info_t *")
+        conn = lib.ss_conn_client(_conn_options(address, context, tls, s), err)
+        if conn == ffi.NULL:
+            _raise_record(err)
+        if lib.ss_engine_add(self._h, index, conn) < 0:
+            raise MemoryError("streamsock engine: out of memory")
+
+    def pending(self) -> int:
+        return lib.ss_engine_pending(self._h)
+
+    def run(self, timeout_ms: int) -> list[dict]:
+        n = lib.ss_engine_run(self._h, timeout_ms, self._results, _RESULTS, self._arena, _ARENA)
+        if n < 0:
+            raise _e.error(n)
+        arena = ffi.buffer(self._arena)
+        out = []
+        for i in range(n):
+            r = self._results[i]
+            certs = []
+            data = arena[r.certs_off : r.certs_off + r.certs_len]
+            at = 0
+            while at + 4 <= len(data):
+                size = int.from_bytes(data[at : at + 4], "little")
+                certs.append(bytes(data[at + 4 : at + 4 + size]))
+                at += 4 + size
+            out.append({
+                "id": r.id, "ok": bool(r.ok), "error": r.error, "sys_errno": r.sys_errno,
+                "verify_result": r.verify_result, "message": _text(r.message), "protocol": _text(r.protocol),
+                "cipher": _text(r.cipher), "group": _text(r.group), "alpn": _text(r.alpn), "peer": _text(r.peer),
+                "connect_ms": r.connect_ms, "handshake_ms": r.handshake_ms, "total_ms": r.total_ms,
+                "banner": arena[r.banner_off : r.banner_off + r.banner_len], "certs": certs,
+            })
+        return out
+
+    def close(self) -> None:
+        ffi.release(self._h)
