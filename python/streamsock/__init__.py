@@ -202,3 +202,13 @@ def openssl_version() -> str:
 def available_transports() -> tuple[str, ...]:
     """The transports usable here (``sslv2``/``sslv3`` only when OpenSSL has them)."""
     return _active.available_transports()
+
+
+def __getattr__(name: str):
+    # streamsock.aio on first use: importing asyncio is not free, and most
+    # programs that use streamsock never need it.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module 'streamsock' has no attribute {name!r}")
