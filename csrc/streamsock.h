@@ -413,6 +413,15 @@ int ss_transport_available(int transport);
 const char *ss_error_name(int code);
 const char *ss_error_message(int code);
 
+/* A fresh self-signed certificate (EC P-256 key, SHA-256, valid from an hour
+ * ago for `days` days) for `name`, with subjectAltName DNS:name plus
+ * IP:127.0.0.1 and IP:::1, for `streamsock serve --self-signed` and the demo.
+ * Writes NUL-terminated PEM into cert (certificate) and key (PKCS#8 key);
+ * returns SS_OK or an error recorded in *err (SS_ERR_NOMEM when a buffer is
+ * too small: 4 KiB each is plenty). */
+int ss_self_signed_pem(const char *name, int32_t days, char *cert, size_t cert_cap, char *key, size_t key_cap,
+                       ss_error_info_t *err);
+
 /* The linked OpenSSL's version text (OpenSSL_version(OPENSSL_VERSION)). */
 const char *ss_openssl_version(void);
 

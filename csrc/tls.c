@@ -13,6 +13,9 @@
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -573,4 +576,76 @@ int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *o
         i2d_X509(cert, &p);
     }
     return len;
+}
+
+/* ---- self-signed certificates -------------------------------------------- */
+
+static int pem_to_buffer(BIO *bio, char *out, size_t cap, ss_error_info_t *err)
+{
+    char *data = NULL;
+    long len = BIO_get_mem_data(bio, &data);
+    if (len < 0 || (size_t)len >= cap)
+        return ss__fail(err, SS_ERR_NOMEM, ENOMEM, "PEM buffer too small (%ld bytes needed)", len + 1);
+    memcpy(out, data, (size_t)len);
+    out[len] = '\0';
+    return SS_OK;
+}
+
+int ss_self_signed_pem(const char *name, int32_t days, char *cert_out, size_t cert_cap, char *key_out,
+                       size_t key_cap, ss_error_info_t *err)
+{
+    ss__fail(err, SS_OK, 0, "%s", "");
+    ERR_clear_error();
+    int rc = SS_ERR_TLS;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *cert = X509_new();
+    BIO *cert_bio = BIO_new(BIO_s_mem());
+    BIO *key_bio = BIO_new(BIO_s_mem());
+    char san[320];
+    if (!key || !cert || !cert_bio || !key_bio || !name || strlen(name) > 255)
+        goto fail;
+    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1,IP:::1", name);
+    X509V3_CTX v3;
+    X509_EXTENSION *ext = NULL;
+    unsigned char serial[16];
+    BIGNUM *bn = NULL;
+    if (!X509_set_version(cert, 2) || RAND_bytes(serial, sizeof serial) != 1 ||
+        !(bn = BN_bin2bn(serial, sizeof serial, NULL)) || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert))) {
+        BN_free(bn);
+        goto fail;
+    }
+    BN_free(bn);
+    X509_NAME *subject = X509_get_subject_name(cert);
+    if (!X509_gmtime_adj(X509_getm_notBefore(cert), -3600) ||
+        !X509_gmtime_adj(X509_getm_notAfter(cert), (long)(days > 0 ? days : 1) * 86400) ||
+        !X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_UTF8, (const unsigned char *)name, -1, -1, 0) ||
+        !X509_set_issuer_name(cert, subject) || !X509_set_pubkey(cert, key))
+        goto fail;
+    X509V3_set_ctx(&v3, cert, cert, NULL, NULL, 0);
+    if (!(ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san)) || !X509_add_ext(cert, ext, -1)) {
+        X509_EXTENSION_free(ext);
+        goto fail;
+    }
+    X509_EXTENSION_free(ext);
+    if (!(ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:FALSE")) ||
+        !X509_add_ext(cert, ext, -1)) {
+        X509_EXTENSION_free(ext);
+        goto fail;
+    }
+    X509_EXTENSION_free(ext);
+    if (!X509_sign(cert, key, EVP_sha256()) || !PEM_write_bio_X509(cert_bio, cert) ||
+        !PEM_write_bio_PrivateKey(key_bio, key, NULL, NULL, 0, NULL, NULL))
+        goto fail;
+    rc = pem_to_buffer(cert_bio, cert_out, cert_cap, err);
+    if (rc == SS_OK)
+        rc = pem_to_buffer(key_bio, key_out, key_cap, err);
+    goto done;
+fail:
+    ss__fail_tls(err, SS_ERR_TLS, NULL, 0, "could not make a self-signed certificate");
+done:
+    BIO_free(cert_bio);
+    BIO_free(key_bio);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return rc == SS_OK ? SS_OK : err->code;
 }

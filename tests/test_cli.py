@@ -65,3 +65,14 @@ def test_console_script_is_installed():
     result = subprocess.run([path, "parse", "localhost:80"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert json.loads(result.stdout)["canonical"] == "tcp://localhost:80"
+
+
+def test_demo_runs_every_transport_on_every_backend():
+    result = streamsock("demo", "--targets", "200", "-c", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for label in ("tcp echo", "udp echo", "tls echo", "smtp STARTTLS", "unix echo"):
+        [row] = [line for line in lines if line.startswith(label)]
+        assert row.count(" ok ") == 2, row  # native and pure
+    assert "200 ok" in result.stdout and "10 ConnectError" in result.stdout
+    assert lines[-1] == "all steps ok"

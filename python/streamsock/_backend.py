@@ -54,6 +54,11 @@ class Backend:
                                capture_chain)
         return probe(self, targets, context, options)
 
+    def self_signed(self, name: str = "localhost", days: int = 30) -> tuple[str, str]:
+        """A fresh self-signed certificate and key (PEM) for ``name``, 127.0.0.1
+        and ::1: for local servers and tests, never for production trust."""
+        return self._impl.self_signed(name, days)
+
     def openssl_version(self) -> str:
         """The OpenSSL this backend is linked to."""
         return self._impl.openssl_version()

@@ -584,3 +584,13 @@ class Engine:
 
     def close(self) -> None:
         ffi.release(self._h)
+
+
+def self_signed(name: str, days: int) -> tuple[str, str]:
+    """(certificate PEM, key PEM): a fresh self-signed certificate for name, 127.0.0.1 and ::1."""
+    cert = ffi.new("char[]", 8192)
+    key = ffi.new("char[]", 8192)
+    err = ffi.new("ss_error_info_t *")
+    if lib.ss_self_signed_pem(name.encode(), days, cert, 8192, key, 8192, err) < 0:
+        _raise_record(err)
+    return ffi.string(cert).decode(), ffi.string(key).decode()

@@ -848,3 +848,24 @@ def accept(listener: PureConnection) -> PureConnection | None:
         conn._attach(listener._initial_tls)
         conn.state = "handshaking"
     return conn
+
+
+def self_signed(name: str, days: int) -> tuple[str, str]:
+    """(certificate PEM, key PEM) made by the ``openssl`` command: Python's
+    standard library cannot make certificates."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                   "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1,IP:::1",
+                   "-addext", "basicConstraints=critical,CA:FALSE", "-days", str(max(days, 1)),
+                   "-keyout", key, "-out", cert]
+        try:
+            subprocess.run(command, capture_output=True, check=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise _e.error(_e.TLS, f"could not make a self-signed certificate with the openssl command: {exc}") \
+                from exc
+        with open(cert) as c, open(key) as k:
+            return c.read(), k.read()

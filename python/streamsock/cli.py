@@ -56,6 +56,12 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(sys.stdout, targets=args.targets, concurrency=args.concurrency)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     backend = _backend.select()
     print(f"streamsock {__version__} ({backend.name} backend, {backend.openssl_version()})")
@@ -80,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", action="append", metavar="FILE", help="read addresses, one a line ('-' for stdin)")
     p.add_argument("--backend", choices=_backend.NAMES, help="parser to use (default: native when built)")
     p.set_defaults(func=cmd_parse)
+
+    d = sub.add_parser(
+        "demo",
+        help="loopback servers for every transport, clients on every backend, a probe; prints a table",
+        description="Starts tcp, udp, tls, SMTP-STARTTLS and unix servers on loopback (a fresh self-signed "
+        "certificate for TLS), talks to each with every backend, then probes many loopback targets at once.",
+    )
+    d.add_argument("--targets", type=int, default=3000, help="TLS handshakes for the probe (default 3000)")
+    d.add_argument("-c", "--concurrency", type=int, default=100, help="probe concurrency (default 100)")
+    d.set_defaults(func=cmd_demo)
     return parser
 
 
