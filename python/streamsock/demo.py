@@ -19,6 +19,7 @@ from . import _backend
 from . import errors as _e
 from .certificate import Certificate
 from .context import Context
+from .stream import select
 
 _SMTP_GREETING = b"220 demo.local ESMTP streamsock demo\r\n"
 
@@ -30,6 +31,7 @@ class _Serving:
         self.server = server
         self.handle = handle
         self.stop = threading.Event()
+        self.accepting = threading.Lock()
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
         for t in self.threads:
             t.start()
@@ -46,7 +48,13 @@ class _Serving:
                     data, peer = self.server.recvfrom(65536, timeout=0.1)
                     self.server.sendto(data, peer)
                     continue
-                conn, _ = self.server.accept(timeout=0.1)
+                # Wait for a client in short steps (to notice stop), then give
+                # accept, which also runs the TLS handshake, its own deadline;
+                # one thread at a time, so a woken thread always finds its client.
+                with self.accepting:
+                    if not select([self.server], [], [], 0.1)[0]:
+                        continue
+                    conn, _ = self.server.accept(timeout=10)
             except _e.TimeoutError:
                 continue
             except _e.StreamSocketError:
