@@ -85,3 +85,5 @@ def test_probe_options_are_checked(backend):
         list(backend.probe(["tcp://127.0.0.1:1"], concurrency=0))
     with pytest.raises(ValueError):
         list(backend.probe(["tcp://127.0.0.1:1"], timeout=0))
+    with pytest.raises(ValueError):
+        list(backend.probe(["tcp://127.0.0.1:1"], banner=1 << 20))

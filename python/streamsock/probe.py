@@ -82,8 +82,8 @@ class ProbeOptions:
             raise ValueError("concurrency must be an int >= 1")
         if self.timeout <= 0:
             raise ValueError("timeout must be > 0")
-        if self.banner < 0:
-            raise ValueError("banner must be >= 0")
+        if not 0 <= self.banner <= 65536:  # each record's banner must fit the engine's arena
+            raise ValueError("banner must be between 0 and 65536 bytes")
 
 
 def _parsed(backend, targets: Iterable[str | Address], context: Context):
