@@ -193,16 +193,10 @@ class AsyncStream:
                         return out
                     buf += data
             if buf:
-                data = bytes(buf[:size])
-                del buf[:size]
-                return data
+                return _stream.take(buf, size)
             if size == 0:
                 return b""
-            data = await self._recv(max(size, _CHUNK))
-            if len(data) <= size:
-                return data
-            buf += memoryview(data)[size:]
-            return data[:size]
+            return _stream.keep_rest(buf, await self._recv(max(size, _CHUNK)), size)
         finally:
             self._release(True, False)
 
@@ -213,25 +207,14 @@ class AsyncStream:
         try:
             buf = self._s._rbuf
             scanned = 0
-            while True:
-                end = buf.find(b"\n", scanned)
-                if end >= 0:
-                    end += 1
-                    break
-                if 0 <= limit <= len(buf):
-                    end = limit
-                    break
+            while (end := _stream.line_end(buf, scanned, limit)) < 0:
                 scanned = len(buf)
                 data = await self._recv(_CHUNK)
-                if not data:
+                if not data:  # end of stream: the last line has no b"\n"
                     end = len(buf)
                     break
                 buf += data
-            if 0 <= limit < end:
-                end = limit
-            line = bytes(buf[:end])
-            del buf[:end]
-            return line
+            return _stream.take(buf, end)
         finally:
             self._release(True, False)
 

@@ -38,6 +38,31 @@ _STREAM_TYPES = {
 default_socket_timeout = 60.0  # PHP's ini default; None passed as a timeout means this
 
 
+def take(buf: bytearray, size: int) -> bytes:
+    """The first ``size`` bytes of a read buffer, removed from it."""
+    data = bytes(buf[:size])
+    del buf[:size]
+    return data
+
+
+def keep_rest(buf: bytearray, data: bytes, size: int) -> bytes:
+    """``data[:size]``; the rest waits in the read buffer."""
+    if len(data) <= size:
+        return data
+    buf += memoryview(data)[size:]
+    return data[:size]
+
+
+def line_end(buf: bytearray, start: int, limit: int) -> int:
+    """Where the first line in ``buf`` ends (after its b"\n", or at ``limit``
+    when that comes first), or -1 when more data is needed. ``start``: where
+    to look for the b"\n" (what came before was searched already)."""
+    end = buf.find(b"\n", start)
+    if end >= 0:
+        return end + 1 if limit < 0 else min(end + 1, limit)
+    return limit if 0 <= limit <= len(buf) else -1
+
+
 def _timeout_value(timeout: float | None) -> float | None:
     """Seconds to wait: None means the default, a negative value forever (None)."""
     if timeout is None:
@@ -206,16 +231,10 @@ class Stream:
         try:
             if size < 0:
                 return self._read_all()
-            buf = self._rbuf
-            if buf:
-                data = bytes(buf[:size])
-                del buf[:size]
-                return data
+            if self._rbuf:
+                return take(self._rbuf, size)
             data = self._recv(max(size, _CHUNK))
-            if data is None or len(data) <= size:
-                return data
-            buf += memoryview(data)[size:]
-            return data[:size]
+            return data if data is None else keep_rest(self._rbuf, data, size)
         finally:
             self._leave()
 
@@ -241,27 +260,16 @@ class Stream:
         try:
             buf = self._rbuf
             scanned = 0
-            while True:
-                end = buf.find(b"\n", scanned)
-                if end >= 0:
-                    end += 1
-                    break
-                if 0 <= limit <= len(buf):
-                    end = limit
-                    break
+            while (end := line_end(buf, scanned, limit)) < 0:
                 scanned = len(buf)
                 data = self._recv(_CHUNK)
                 if data is None:
                     return None
-                if not data:
+                if not data:  # end of stream: the last line has no b"\n"
                     end = len(buf)
                     break
                 buf += data
-            if 0 <= limit < end:
-                end = limit
-            line = bytes(buf[:end])
-            del buf[:end]
-            return line
+            return take(buf, end)
         finally:
             self._leave()
 
