@@ -31,7 +31,15 @@ import warnings
 from typing import Iterable
 
 from . import errors as _e
-from .address import Address, PureAddressBatch, Transport, available_transports_pure, parse_many_pure, parse_pure
+from .address import (
+    Address,
+    PureAddressBatch,
+    Transport,
+    available_transports_pure,
+    ip_literal,
+    parse_many_pure,
+    parse_pure,
+)
 
 NAME = "pure"
 
@@ -168,17 +176,6 @@ def _verify_text(code: int, message: str) -> str:
     if code == _X509_V_ERR_IP_ADDRESS_MISMATCH:
         return "IP address mismatch"
     return message
-
-
-def _ip_literal(name: str) -> str | None:
-    host = name.partition("%")[0]
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return host
-        except OSError:
-            pass
-    return None
 
 
 def _format_sockaddr(family: int, sockaddr) -> str:
@@ -342,7 +339,7 @@ class PureConnection:
         self._check_name_in_handshake = check and self._sni
         if self._check_name_in_handshake:
             context, hostname = tls.checked_context, name
-        elif not s.server and name and self._sni and _ip_literal(name) is None:
+        elif not s.server and name and self._sni and ip_literal(name) is None:
             hostname = name
         self._ssl = context.wrap_bio(self._in, self._out, server_side=s.server, server_hostname=hostname,
                                      session=session)
@@ -735,7 +732,7 @@ def _now():
 def _cert_matches(cert, name: str) -> bool:
     """RFC 6125 as OpenSSL does it: SAN first (CN only without SAN), one-label
     wildcards, IP literals against IP SANs."""
-    ip = _ip_literal(name)
+    ip = ip_literal(name)
     sans = cert.san
     if ip is not None:
         import ipaddress

@@ -185,6 +185,19 @@ _inet_pton = socket.inet_pton
 _AF_INET6 = socket.AF_INET6
 
 
+def ip_literal(name: str) -> str | None:
+    """The IP address in ``name`` (an IPv4 or IPv6 literal, zone id dropped), or
+    None for a host name: IP literals get IP checks and no SNI, names a lookup."""
+    host = name.partition("%")[0]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return host
+        except OSError:
+            pass
+    return None
+
+
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 

@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from . import _backend
 from . import errors as _e
 from . import stream as _stream
-from .address import Address, Transport
+from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
 __all__ = ["AsyncStream", "AsyncServer", "client", "server"]
@@ -39,17 +39,6 @@ __all__ = ["AsyncStream", "AsyncServer", "client", "server"]
 DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRITE
 _CHUNK = _stream._CHUNK
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
-
-
-def _is_ip_literal(host: str) -> bool:
-    bare = host.partition("%")[0]
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, bare)
-            return True
-        except OSError:
-            pass
-    return False
 
 
 class _Waiter:
@@ -405,7 +394,7 @@ async def _resolve(loop, address: Address, context_words) -> list[str]:
 async def _connect(loop, backend, a: Address, ctx: Context) -> AsyncStream:
     words = ("Unable to connect to", a)
     impl = backend._impl
-    needs_resolving = a.host is not None and not _is_ip_literal(a.host)
+    needs_resolving = a.host is not None and ip_literal(a.host) is None
     if not needs_resolving:
         tls = ctx.tls_context(backend, False, a.transport) if a.secure else None
         stream = AsyncStream(impl.open_client(a, ctx, tls), backend, a, ctx, loop=loop)
@@ -597,7 +586,7 @@ async def server(address: Address | str, handler: Handler, context: Context | No
     tls = ctx.tls_context(backend, True, a.transport) if a.secure else None
     loop = asyncio.get_running_loop()
     open_server = backend._impl.open_server
-    if a.host is not None and not _is_ip_literal(a.host):
+    if a.host is not None and ip_literal(a.host) is None:
         # binding to a name resolves it (blocking): done off the loop
         future = loop.run_in_executor(None, open_server, a, ctx, tls)
         try:
