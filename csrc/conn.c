@@ -234,6 +234,7 @@ void ss_conn_free(ss_conn_t *conn)
         return;
     ss_conn_close(conn);
     ss_tls_ctx_free(conn->initial_tls);
+    SSL_SESSION_free(conn->offer_session);
     if (conn->ai_list)
         freeaddrinfo(conn->ai_list);
     free(conn->host);
@@ -259,7 +260,8 @@ int ss_conn_step(ss_conn_t *conn)
             if (is_local(conn->transport)) {
                 rc = ss__open_unix(conn, 0);
             } else {
-                rc = ss__resolve(conn, conn->host, conn->port, 0, &conn->ai_list);
+                /* The engine may have looked the name up on its resolver threads. */
+                rc = conn->ai_list ? SS_OK : ss__resolve(conn, conn->host, conn->port, 0, &conn->ai_list);
                 if (rc == SS_OK) {
                     conn->ai_next = conn->ai_list;
                     rc = ss__connect_next(conn);

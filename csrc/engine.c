@@ -1,14 +1,21 @@
 /*
  * The engine: many client connections driven at once on one epoll set.
  *
- * Each probe is an ss_conn_t from conn.c plus the engine's own phases after
- * the connection is established (send the payload, keep a banner). The
- * engine only waits: conn.c's ss_conn_step does the connecting and the
- * handshake, and its wants say which event to wait for. A connection may
- * change sockets while it tries each resolved address, so the registered fd
- * is re-checked after every step. Deadlines are per phase (connect,
- * handshake) and for the whole probe; finished probes are reported as
- * fixed-size records whose variable parts go into the caller's arena.
+ * Each probe is an ss_conn_t from conn.c plus the engine's own phases:
+ *
+ *   [lookup] -> connect -> [TLS | STARTTLS dialogue -> TLS] -> [payload]
+ *            -> [banner] -> [session ticket] -> reported
+ *
+ * The engine only waits: conn.c's ss_conn_step does the connecting and the
+ * handshake, starttls.c the dialogue, and their wants say which event to
+ * wait for. A connection may change sockets while it tries each resolved
+ * address, so the registered fd is re-checked after every step. Host names
+ * go to the resolver's threads (resolver.c) so a slow lookup never stalls
+ * the loop; its eventfd sits on the same epoll set. Deadlines are per phase
+ * (connect, handshake) and for the whole probe; a rate limit (token bucket)
+ * spaces new connections; a session cache offers repeat targets their last
+ * TLS session. Finished probes are reported as fixed-size records whose
+ * variable parts go into the caller's arena.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -17,31 +24,57 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "internal.h"
+
+#define SLOT_BITS 24 /* lookup tags carry the slot index in their low bits */
+#define DEFAULT_RESOLVER_THREADS 16
+#define SESSION_KEY_MAX 600
+#define TICKET_WAIT_MIN_NS (50 * 1000000) /* plus twice the handshake: a TLS 1.3 ticket's wait */
 
 struct probe {
     ss_conn_t *conn;
     uint64_t id;
     int64_t start_ns;
+    int64_t resolved_ns;    /* 0 until the name is looked up */
     int64_t connected_ns;   /* 0 until connected */
-    int64_t established_ns; /* 0 until TLS (if any) is done */
+    int64_t tls_start_ns;   /* 0 until a TLS handshake starts */
+    int64_t established_ns; /* 0 until connected with TLS/STARTTLS done */
+    uint64_t lookup_tag;    /* != 0 while waiting for the resolver */
     int watched_fd;         /* fd registered with epoll, or -1 */
     uint32_t watched_events;
     uint32_t payload_sent;
     uint32_t banner_len;
     unsigned char *banner;
+    struct ss_starttls_dialogue *dialogue; /* while the STARTTLS dialogue runs */
+    ss_tls_ctx_t *starttls_tls;   /* reference; TLS to start after it */
+    int session_saved;
     int done;
     int error; /* set when the engine itself ends the probe (timeout) */
+};
+
+struct session_entry {
+    char *key;
+    SSL_SESSION *session;
 };
 
 struct ss_engine {
     int epoll_fd;
     ss_engine_options_t opts;
     char *payload;
+    char *pins; /* copy of opts.peer_fingerprint */
     struct probe *slots; /* concurrency entries; conn == NULL is free */
     uint32_t in_flight;
     struct probe *queue; /* FIFO of probes not started yet */
     uint32_t queue_head, queue_len, queue_cap;
+    ss_resolver_t *resolver; /* created at the first host name */
+    uint64_t lookup_seq;
+    double tokens; /* rate limit: connections that may start now */
+    int64_t tokens_at;
+    struct session_entry *sessions; /* session_cache entries, by key hash */
 };
 
 static int64_t now_ns(void)
@@ -59,8 +92,16 @@ static int64_t ms_to_ns(int32_t ms)
 ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err)
 {
     ss__fail(err, SS_OK, 0, "%s", "");
-    if (opts->concurrency < 1) {
-        ss__fail(err, SS_ERR_STATE, EINVAL, "concurrency must be at least 1");
+    if (opts->concurrency < 1 || opts->concurrency > (1 << SLOT_BITS)) {
+        ss__fail(err, SS_ERR_STATE, EINVAL, "concurrency must be between 1 and %d", 1 << SLOT_BITS);
+        return NULL;
+    }
+    if (opts->starttls != SS_STARTTLS_NONE && !ss__starttls_valid(opts->starttls)) {
+        ss__fail(err, SS_ERR_STATE, EINVAL, "unknown STARTTLS protocol %d", opts->starttls);
+        return NULL;
+    }
+    if (opts->session_cache < 0) {
+        ss__fail(err, SS_ERR_STATE, EINVAL, "session_cache must be >= 0");
         return NULL;
     }
     ss_engine_t *e = calloc(1, sizeof *e);
@@ -78,6 +119,13 @@ ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err
         memcpy(e->payload, opts->payload, opts->payload_len);
     }
     e->opts.payload = e->payload;
+    if (opts->peer_fingerprint && !(e->pins = strdup(opts->peer_fingerprint)))
+        goto nomem;
+    e->opts.peer_fingerprint = e->pins;
+    if (opts->session_cache > 0 && !(e->sessions = calloc((size_t)opts->session_cache, sizeof *e->sessions)))
+        goto nomem;
+    e->tokens = 1.0;
+    e->tokens_at = now_ns();
     e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (e->epoll_fd < 0) {
         ss__fail(err, SS_ERR_SYSTEM, errno, "epoll_create1 failed: %s", strerror(errno));
@@ -94,6 +142,8 @@ nomem:
 static void release_probe(struct probe *p)
 {
     ss_conn_free(p->conn);
+    ss_tls_ctx_free(p->starttls_tls);
+    free(p->dialogue);
     free(p->banner);
     memset(p, 0, sizeof *p);
 }
@@ -107,16 +157,24 @@ void ss_engine_free(ss_engine_t *e)
             if (e->slots[i].conn)
                 release_probe(&e->slots[i]);
     for (uint32_t i = 0; i < e->queue_len; i++)
-        ss_conn_free(e->queue[(e->queue_head + i) % e->queue_cap].conn);
+        release_probe(&e->queue[(e->queue_head + i) % e->queue_cap]);
+    if (e->sessions)
+        for (int32_t i = 0; i < e->opts.session_cache; i++) {
+            free(e->sessions[i].key);
+            SSL_SESSION_free(e->sessions[i].session);
+        }
+    free(e->sessions);
+    ss__resolver_free(e->resolver);
     free(e->queue);
     free(e->slots);
     free(e->payload);
+    free(e->pins);
     if (e->epoll_fd >= 0)
         close(e->epoll_fd);
     free(e);
 }
 
-int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn)
+int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *starttls_tls)
 {
     if (e->queue_len == e->queue_cap) {
         uint32_t cap = e->queue_cap ? e->queue_cap * 2 : 64;
@@ -137,6 +195,8 @@ int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn)
     p->conn = conn;
     p->id = id;
     p->watched_fd = -1;
+    if (starttls_tls && e->opts.starttls != SS_STARTTLS_NONE)
+        p->starttls_tls = ss__tls_ctx_ref(starttls_tls);
     e->queue_len++;
     return SS_OK;
 }
@@ -145,6 +205,104 @@ uint32_t ss_engine_pending(const ss_engine_t *e)
 {
     return e->in_flight + e->queue_len;
 }
+
+/* ---- the session cache: one slot per key hash, newest wins ---------------- */
+
+static uint64_t hash_text(const char *text)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *text; text++)
+        h = (h ^ (unsigned char)*text) * 1099511628211ULL;
+    return h;
+}
+
+/* The probe's cache key: TLS context, host, port and the name verified. */
+static int session_key(const struct probe *p, char *out, size_t cap)
+{
+    const ss_conn_t *c = p->conn;
+    const void *tls = p->starttls_tls ? (const void *)p->starttls_tls : (const void *)c->initial_tls;
+    int n = snprintf(out, cap, "%p|%s|%d|%s", tls, c->host ? c->host : "", c->port,
+                     c->peer_name ? c->peer_name : "");
+    return n > 0 && (size_t)n < cap;
+}
+
+static void offer_session(ss_engine_t *e, struct probe *p)
+{
+    char key[SESSION_KEY_MAX];
+    if (!e->sessions || !session_key(p, key, sizeof key))
+        return;
+    struct session_entry *slot = &e->sessions[hash_text(key) % (uint64_t)e->opts.session_cache];
+    if (slot->key && strcmp(slot->key, key) == 0 && SSL_SESSION_up_ref(slot->session))
+        p->conn->offer_session = slot->session;
+}
+
+/* Keeps the probe's session once it can be resumed; 1 when kept (or never will be). */
+static int save_session(ss_engine_t *e, struct probe *p)
+{
+    if (!e->sessions || p->session_saved || !p->conn->ssl)
+        return 1;
+    SSL_SESSION *session = SSL_get1_session(p->conn->ssl);
+    if (!session)
+        return 0;
+    if (!SSL_SESSION_is_resumable(session)) { /* TLS 1.3: the ticket comes after the handshake */
+        SSL_SESSION_free(session);
+        return 0;
+    }
+    char key[SESSION_KEY_MAX];
+    char *copy = session_key(p, key, sizeof key) ? strdup(key) : NULL;
+    if (!copy) {
+        SSL_SESSION_free(session);
+        return 1;
+    }
+    struct session_entry *slot = &e->sessions[hash_text(key) % (uint64_t)e->opts.session_cache];
+    free(slot->key);
+    SSL_SESSION_free(slot->session);
+    slot->key = copy;
+    slot->session = session;
+    p->session_saved = 1;
+    return 1;
+}
+
+/* ---- certificate pinning (PHP's peer_fingerprint) -------------------------- */
+
+/* SS_OK when every "alg=hex" digest in pins matches the leaf certificate. */
+static int check_pins(const char *pins, ss_conn_t *conn)
+{
+    X509 *leaf = SSL_get0_peer_certificate(conn->ssl);
+    unsigned char *der = NULL;
+    int der_len = leaf ? i2d_X509(leaf, &der) : -1;
+    int ok = der_len > 0;
+    for (const char *at = pins; ok && *at;) {
+        const char *eq = strchr(at, '=');
+        const char *end = strchr(at, ',');
+        if (!end)
+            end = at + strlen(at);
+        char name[32];
+        size_t name_len = eq && eq < end ? (size_t)(eq - at) : 0;
+        if (name_len == 0 || name_len >= sizeof name) {
+            ok = 0;
+            break;
+        }
+        memcpy(name, at, name_len);
+        name[name_len] = '\0';
+        const EVP_MD *md = EVP_get_digestbyname(name);
+        unsigned char digest[EVP_MAX_MD_SIZE];
+        unsigned int digest_len = 0;
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        ok = md && EVP_Digest(der, (size_t)der_len, digest, &digest_len, md, NULL) == 1;
+        for (unsigned int i = 0; ok && i < digest_len; i++)
+            snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+        size_t expected_len = (size_t)(end - eq - 1);
+        ok = ok && expected_len == 2 * (size_t)digest_len && CRYPTO_memcmp(hex, eq + 1, expected_len) == 0;
+        at = *end ? end + 1 : end;
+    }
+    OPENSSL_free(der);
+    if (ok)
+        return SS_OK;
+    return ss__conn_fail(conn, ss__fail(&conn->err, SS_ERR_TLS_FINGERPRINT, 0, "peer_fingerprint match failure"));
+}
+
+/* ---- waiting ------------------------------------------------------------- */
 
 /* Keeps the epoll registration in step with the conn's fd and want. */
 static int watch(ss_engine_t *e, struct probe *p, int want)
@@ -172,52 +330,157 @@ static void unwatch(ss_engine_t *e, struct probe *p)
     p->watched_fd = -1;
 }
 
-/* Moves a probe as far as it goes: 1 when it has finished, 0 when waiting. */
-static int advance(ss_engine_t *e, struct probe *p)
+/* 0 to wait for `io` (an SS_IO_WANT_* or SS_WANT_* value), 1 when that failed. */
+static int wait_for(ss_engine_t *e, struct probe *p, int64_t io)
+{
+    int want = io == SS_IO_WANT_WRITE || io == SS_WANT_WRITE ? SS_WANT_WRITE : SS_WANT_READ;
+    return watch(e, p, want) == SS_OK ? 0 : 1;
+}
+
+/* ---- moving a probe on --------------------------------------------------- */
+
+static int wants_banner(const ss_engine_t *e, const struct probe *p)
+{
+    /* After STARTTLS the server waits for the client: read only an answer. */
+    return p->banner_len < e->opts.banner_max && (!p->starttls_tls || e->opts.payload_len);
+}
+
+/* The established part: payload, banner, session ticket. 1 when finished. */
+static int advance_established(ss_engine_t *e, struct probe *p)
 {
     char scratch[4096];
     for (;;) {
-        int state = ss_conn_state(p->conn);
-        if (state != SS_STATE_ESTABLISHED) {
-            int rc = ss_conn_step(p->conn);
-            int after = ss_conn_state(p->conn);
-            int64_t t = now_ns();
-            if (!p->connected_ns && (after == SS_STATE_HANDSHAKING || after == SS_STATE_ESTABLISHED))
-                p->connected_ns = t;
+        if (p->payload_sent < e->opts.payload_len) {
+            int64_t n = ss_conn_write(p->conn, e->payload + p->payload_sent, e->opts.payload_len - p->payload_sent);
+            if (n == SS_IO_WANT_READ || n == SS_IO_WANT_WRITE)
+                return wait_for(e, p, n);
+            if (n < 0)
+                return 1;
+            p->payload_sent += (uint32_t)n;
+            continue;
+        }
+        int banner = wants_banner(e, p);
+        if (save_session(e, p) && !banner)
+            return 1;
+        /* Read for the banner, or only to take in the session ticket. */
+        size_t room = banner ? e->opts.banner_max - p->banner_len : sizeof scratch;
+        int64_t n = ss_conn_read(p->conn, scratch, room < sizeof scratch ? room : sizeof scratch);
+        if (n == SS_IO_WANT_READ || n == SS_IO_WANT_WRITE)
+            return save_session(e, p) && !banner ? 1 : wait_for(e, p, n);
+        if (n <= 0)
+            return 1; /* end of stream or an error: the banner is what came */
+        if (banner) {
+            if (!p->banner && !(p->banner = malloc(e->opts.banner_max)))
+                return 1;
+            memcpy(p->banner + p->banner_len, scratch, (size_t)n);
+            p->banner_len += (uint32_t)n;
+        }
+    }
+}
+
+/* Moves a probe as far as it goes: 1 when it has finished, 0 when waiting. */
+static int advance(ss_engine_t *e, struct probe *p)
+{
+    for (;;) {
+        if (p->established_ns)
+            return advance_established(e, p);
+        if (p->dialogue) {
+            if (e->opts.banner_max && !p->banner && !(p->banner = malloc(e->opts.banner_max)))
+                return 1;
+            int rc = ss__starttls_step(p->dialogue, p->conn, p->banner, &p->banner_len, e->opts.banner_max);
             if (rc < 0)
                 return 1;
             if (rc != SS_DONE)
-                return watch(e, p, rc) == SS_OK ? 0 : 1;
-            p->established_ns = t;
+                return wait_for(e, p, rc);
+            free(p->dialogue);
+            p->dialogue = NULL;
+            ss_conn_t *c = p->conn;
+            if (ss_conn_start_tls(c, p->starttls_tls, NULL, c->verify_peer_name, c->sni_enabled, NULL) < 0)
+                return 1;
+            p->tls_start_ns = now_ns();
             continue;
         }
-        if (p->payload_sent < e->opts.payload_len) {
-            int64_t n = ss_conn_write(p->conn, e->payload + p->payload_sent, e->opts.payload_len - p->payload_sent);
-            if (n > 0) {
-                p->payload_sent += (uint32_t)n;
-                continue;
-            }
-            if (n == SS_IO_WANT_READ || n == SS_IO_WANT_WRITE)
-                return watch(e, p, n == SS_IO_WANT_READ ? SS_WANT_READ : SS_WANT_WRITE) == SS_OK ? 0 : 1;
+        int rc = ss_conn_step(p->conn);
+        int state = ss_conn_state(p->conn);
+        int64_t t = now_ns();
+        if (!p->connected_ns && (state == SS_STATE_HANDSHAKING || state == SS_STATE_ESTABLISHED)) {
+            p->connected_ns = t;
+            if (state == SS_STATE_HANDSHAKING || ss_conn_is_tls(p->conn))
+                p->tls_start_ns = t;
+        }
+        if (rc < 0)
             return 1;
-        }
-        if (p->banner_len < e->opts.banner_max) {
-            if (!p->banner && !(p->banner = malloc(e->opts.banner_max)))
+        if (rc != SS_DONE)
+            return wait_for(e, p, rc);
+        if (p->starttls_tls && !ss_conn_is_tls(p->conn)) { /* plaintext first: the dialogue */
+            if (!(p->dialogue = malloc(sizeof *p->dialogue))) {
+                ss__fail(&p->conn->err, SS_ERR_NOMEM, ENOMEM, "out of memory");
                 return 1;
-            size_t room = e->opts.banner_max - p->banner_len;
-            int64_t n = ss_conn_read(p->conn, scratch, room < sizeof scratch ? room : sizeof scratch);
-            if (n > 0) {
-                memcpy(p->banner + p->banner_len, scratch, (size_t)n);
-                p->banner_len += (uint32_t)n;
-                continue;
             }
-            if (n == SS_IO_WANT_READ || n == SS_IO_WANT_WRITE)
-                return watch(e, p, n == SS_IO_WANT_READ ? SS_WANT_READ : SS_WANT_WRITE) == SS_OK ? 0 : 1;
-            return 1; /* end of stream or an error: the banner is what came */
+            ss__starttls_init(p->dialogue, e->opts.starttls);
+            continue;
         }
-        return 1;
+        if (e->pins && ss_conn_is_tls(p->conn) && check_pins(e->pins, p->conn) != SS_OK)
+            return 1;
+        p->established_ns = t;
+        save_session(e, p);
     }
 }
+
+/* Starts a probe: its lookup when the host is a name, else its connect. */
+static void start_probe(ss_engine_t *e, struct probe *p, uint32_t slot)
+{
+    ss_conn_t *c = p->conn;
+    p->start_ns = now_ns();
+    offer_session(e, p);
+    int is_name = c->state == SS_STATE_RESOLVE && c->host && c->transport != SS_TRANSPORT_UNIX &&
+                  c->transport != SS_TRANSPORT_UDG && !ss__is_ip_literal(c->host);
+    if (!is_name) {
+        p->resolved_ns = p->start_ns;
+        p->done = advance(e, p);
+        return;
+    }
+    if (!e->resolver) {
+        int threads = e->opts.resolver_threads > 0 ? e->opts.resolver_threads : DEFAULT_RESOLVER_THREADS;
+        e->resolver = ss__resolver_new(threads);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (e->resolver && epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, ss__resolver_fd(e->resolver), &ev) < 0) {
+            ss__resolver_free(e->resolver);
+            e->resolver = NULL;
+        }
+    }
+    uint64_t tag = (++e->lookup_seq << SLOT_BITS) | slot;
+    if (!e->resolver || ss__resolver_submit(e->resolver, tag, c->host, c->port, c->socktype) != SS_OK) {
+        ss__conn_fail(c, ss__fail(&c->err, SS_ERR_NOMEM, ENOMEM, "cannot start a name lookup: out of memory"));
+        p->done = 1;
+        return;
+    }
+    p->lookup_tag = tag;
+}
+
+/* Hands finished lookups to their probes (a lookup whose probe has timed out is dropped). */
+static void take_lookups(ss_engine_t *e)
+{
+    struct ss_lookup *item;
+    while ((item = ss__resolver_take(e->resolver))) {
+        struct probe *p = &e->slots[item->tag & ((1u << SLOT_BITS) - 1)];
+        if (p->conn && !p->done && p->lookup_tag == item->tag) {
+            p->lookup_tag = 0;
+            p->resolved_ns = now_ns();
+            if (item->gai_rc != 0) {
+                ss__conn_fail(p->conn, ss__resolve_failed(p->conn, item->host, item->gai_rc, item->sys_errno));
+                p->done = 1;
+            } else {
+                p->conn->ai_list = item->result; /* the conn owns it now */
+                item->result = NULL;
+                p->done = advance(e, p);
+            }
+        }
+        ss__lookup_free(item);
+    }
+}
+
+/* ---- deadlines and the rate limit ---------------------------------------- */
 
 static int64_t deadline_of(const ss_engine_t *e, const struct probe *p)
 {
@@ -227,27 +490,68 @@ static int64_t deadline_of(const ss_engine_t *e, const struct probe *p)
         phase = p->start_ns + ms_to_ns(e->opts.connect_timeout_ms);
     else if (p->connected_ns && !p->established_ns && e->opts.handshake_timeout_ms > 0)
         phase = p->connected_ns + ms_to_ns(e->opts.handshake_timeout_ms);
+    else if (p->established_ns && !wants_banner(e, p) && p->payload_sent == e->opts.payload_len)
+        /* Waiting for a TLS 1.3 session ticket only: a little longer than a handshake. */
+        phase = p->established_ns + 2 * (p->established_ns - p->tls_start_ns) + TICKET_WAIT_MIN_NS;
     return phase < total ? phase : total;
 }
 
-static void start_queued(ss_engine_t *e)
+static void expire(struct probe *p)
 {
+    p->done = 1;
+    if (p->established_ns)
+        return; /* the banner (or ticket) wait ends; the probe itself succeeded */
+    const char *what = p->lookup_tag       ? "Name lookup timed out"
+                       : !p->connected_ns  ? "Connection timed out"
+                       : p->dialogue       ? "STARTTLS dialogue timed out"
+                                           : "TLS handshake timed out";
+    ss__fail(&p->conn->err, SS_ERR_TIMEOUT, ETIMEDOUT, "%s", what);
+    p->error = SS_ERR_TIMEOUT;
+}
+
+/* Whether another connection may start now; else *next is when one may. */
+static int take_token(ss_engine_t *e, int64_t now, int64_t *next)
+{
+    double rate = e->opts.rate;
+    if (rate <= 0)
+        return 1;
+    double burst = rate / 100 > 1 ? rate / 100 : 1; /* at most 10 ms worth at once */
+    e->tokens += (double)(now - e->tokens_at) / 1e9 * rate;
+    if (e->tokens > burst)
+        e->tokens = burst;
+    e->tokens_at = now;
+    if (e->tokens >= 1) {
+        e->tokens -= 1;
+        return 1;
+    }
+    *next = now + (int64_t)((1 - e->tokens) / rate * 1e9) + 1;
+    return 0;
+}
+
+/* Starts queued probes while slots and the rate allow; returns when the next may start. */
+static int64_t start_queued(ss_engine_t *e)
+{
+    int64_t next = INT64_MAX;
     for (int32_t i = 0; i < e->opts.concurrency && e->queue_len; i++) {
         struct probe *slot = &e->slots[i];
         if (slot->conn)
             continue;
+        if (!take_token(e, now_ns(), &next))
+            break;
         *slot = e->queue[e->queue_head];
         e->queue_head = (e->queue_head + 1) % e->queue_cap;
         e->queue_len--;
         e->in_flight++;
-        slot->start_ns = now_ns();
-        slot->done = advance(e, slot);
+        start_probe(e, slot, (uint32_t)i);
     }
+    return next;
 }
+
+/* ---- reporting ----------------------------------------------------------- */
 
 static double elapsed_ms(int64_t from, int64_t to)
 {
-    return to ? (double)(to - from) / 1e6 : -1.0;
+    return from && to ? (double)(to - from) / 1e6 : -1.0;
 }
 
 static void copy_field(char *out, size_t cap, const char *text)
@@ -276,18 +580,20 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
         return 0;
     memset(r, 0, sizeof *r);
     r->id = p->id;
-    ss_error_info_t err;
-    ss_conn_error(p->conn, &err);
-    r->error = p->error ? p->error : err.code;
-    r->sys_errno = p->error ? ETIMEDOUT : err.sys_errno;
-    r->verify_result = err.verify_result;
-    copy_field(r->message, sizeof r->message, err.code ? err.message : "");
+    r->ok = p->established_ns != 0;
+    if (!r->ok) { /* after establishment nothing counts as a failure */
+        ss_error_info_t err;
+        ss_conn_error(p->conn, &err);
+        r->error = p->error ? p->error : err.code;
+        r->sys_errno = p->error ? ETIMEDOUT : err.sys_errno;
+        r->verify_result = err.verify_result;
+        copy_field(r->message, sizeof r->message, err.code ? err.message : "");
+    }
     r->state = ss_conn_state(p->conn);
-    r->ok = r->error == SS_OK && p->established_ns != 0;
     int64_t end = now_ns();
-    r->connect_ms = elapsed_ms(p->start_ns, p->connected_ns);
-    r->handshake_ms = ss_conn_is_tls(p->conn) && p->established_ns ? elapsed_ms(p->connected_ns, p->established_ns)
-                                                                    : -1.0;
+    r->resolve_ms = elapsed_ms(p->start_ns, p->resolved_ns);
+    r->connect_ms = elapsed_ms(p->resolved_ns, p->connected_ns);
+    r->handshake_ms = elapsed_ms(p->tls_start_ns, p->established_ns);
     r->total_ms = elapsed_ms(p->start_ns, end);
     ss_tls_info_t info;
     ss_conn_tls_info(p->conn, &info);
@@ -322,15 +628,7 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     return 1;
 }
 
-static void expire(struct probe *p)
-{
-    const char *what = !p->connected_ns ? "Connection timed out"
-                       : !p->established_ns ? "TLS handshake timed out"
-                                            : "Probe timed out";
-    ss__fail(&p->conn->err, SS_ERR_TIMEOUT, ETIMEDOUT, "%s", what);
-    p->error = SS_ERR_TIMEOUT;
-    p->done = 1;
-}
+/* ---- the loop ------------------------------------------------------------ */
 
 int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out, uint32_t cap,
                       unsigned char *arena, uint32_t arena_cap)
@@ -339,10 +637,10 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
     uint32_t produced = 0, arena_used = 0;
     struct epoll_event events[256];
     for (;;) {
-        start_queued(e);
-        /* Report what has finished, as room allows. */
+        int64_t next_start = start_queued(e);
+        /* Expire what is due; report what has finished, as room allows. */
         int64_t t = now_ns();
-        int64_t next_deadline = INT64_MAX;
+        int64_t next_deadline = next_start;
         for (int32_t i = 0; i < e->opts.concurrency; i++) {
             struct probe *p = &e->slots[i];
             if (!p->conn)
@@ -363,12 +661,12 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
                 e->in_flight--;
             }
         }
-        if (produced == cap || (produced && e->queue_len == 0) || (produced && t >= until))
-            return (int32_t)produced;
         if (e->in_flight == 0 && e->queue_len == 0)
             return (int32_t)produced;
-        if (e->in_flight == 0)
-            continue; /* start the next queued ones */
+        if (produced == cap || (produced && t >= until))
+            return (int32_t)produced;
+        if (produced && e->in_flight < (uint32_t)e->opts.concurrency && e->queue_len && next_start == INT64_MAX)
+            continue; /* free slots and work queued: start it before returning */
         int64_t wait_until = next_deadline < until ? next_deadline : until;
         if (produced)
             wait_until = t; /* have results: just poll */
@@ -380,13 +678,15 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
             return SS_ERR_SYSTEM;
         for (int i = 0; i < n; i++) {
             struct probe *p = events[i].data.ptr;
-            if (p->conn && !p->done)
+            if (!p)
+                take_lookups(e);
+            else if (p->conn && !p->done)
                 p->done = advance(e, p);
         }
         if (n <= 0 && produced)
             return (int32_t)produced; /* nothing more ready right now */
-        if (n == 0 && now_ns() >= until && produced == 0) {
-            /* Time is up for this call; expire what is due, report next time. */
+        if (n <= 0 && produced == 0 && now_ns() >= until) {
+            /* Time is up for this call unless something is due to report. */
             t = now_ns();
             int any = 0;
             for (int32_t i = 0; i < e->opts.concurrency; i++)

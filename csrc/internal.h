@@ -51,7 +51,8 @@
     X(SS_ERR_STARTTLS_BUFFERED,                                                             \
       "plaintext received before the TLS handshake (possible STARTTLS injection)")          \
     X(SS_ERR_TLS_ACTIVE, "TLS is already enabled on this stream")                           \
-    X(SS_ERR_BUSY, "stream is in use by another thread")
+    X(SS_ERR_BUSY, "stream is in use by another thread")                                    \
+    X(SS_ERR_STARTTLS_REFUSED, "the server refused STARTTLS")
 
 #include <netdb.h>
 #include <stdarg.h>
@@ -109,6 +110,13 @@ void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from);
 
 /* Looks up host:port for socktype; on failure records SS_ERR_RESOLVE. */
 int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct addrinfo **out);
+/* The lookup alone, safe on any thread: getaddrinfo's code (0: *out set),
+ * with errno in *sys_errno for EAI_SYSTEM. */
+int ss__lookup(const char *host, int port, int socktype, int passive, struct addrinfo **out, int *sys_errno);
+/* Records an ss__lookup failure on conn as SS_ERR_RESOLVE; returns the code. */
+int ss__resolve_failed(ss_conn_t *conn, const char *host, int gai_rc, int sys_errno);
+/* 1 for an IPv4 or IPv6 address literal (nothing to look up). */
+int ss__is_ip_literal(const char *host);
 /* Starts a non-blocking connect to conn->ai_next; SS_DONE, SS_WANT_WRITE or error. */
 int ss__connect_next(ss_conn_t *conn);
 /* After the socket became writable: SS_DONE, or the connect errno (> 0). */
@@ -120,6 +128,59 @@ int ss__format_sockaddr(const struct sockaddr *sa, socklen_t len, char *out, siz
 int ss__poll(int fd, int want, int timeout_ms);
 int64_t ss__sock_read(ss_conn_t *conn, char *buf, size_t len);
 int64_t ss__sock_write(ss_conn_t *conn, const char *buf, size_t len);
+
+/* ---- resolver.c -------------------------------------------------------- */
+
+typedef struct ss_resolver ss_resolver_t;
+
+/* One lookup: the request, then its result. */
+struct ss_lookup {
+    struct ss_lookup *next;
+    uint64_t tag;               /* the submitter's, handed back as is */
+    int port;
+    int socktype;
+    int gai_rc;                 /* getaddrinfo's code: 0 when result is set */
+    int sys_errno;
+    struct addrinfo *result;    /* owned until taken out */
+    char host[];
+};
+
+/* NULL when out of memory or descriptors. */
+ss_resolver_t *ss__resolver_new(int max_threads);
+/* Closes the eventfd now; workers still looking up finish on their own. */
+void ss__resolver_free(ss_resolver_t *resolver);
+/* An eventfd: readable while finished lookups wait in ss__resolver_take. */
+int ss__resolver_fd(const ss_resolver_t *resolver);
+int ss__resolver_submit(ss_resolver_t *resolver, uint64_t tag, const char *host, int port, int socktype);
+/* The next finished lookup (the caller frees it), or NULL when none is left. */
+struct ss_lookup *ss__resolver_take(ss_resolver_t *resolver);
+void ss__lookup_free(struct ss_lookup *lookup);
+
+/* ---- starttls.c -------------------------------------------------------- */
+
+#define SS_STARTTLS_MAX_LINE 2048 /* longer reply lines are a protocol error */
+#define SS_STARTTLS_MAX_LINES 100 /* lines in one reply (EHLO lists extensions) */
+#define SS_STARTTLS_SHOWN 120     /* characters of a reply quoted in an error */
+
+/* One client's STARTTLS dialogue (enum ss_starttls protocol). */
+struct ss_starttls_dialogue {
+    int protocol;
+    int step;          /* index of the step whose reply is awaited */
+    int lines;         /* lines of the current reply so far */
+    char reply_code[4];
+    size_t sent;       /* bytes of the step's command written */
+    size_t line_len;
+    char line[SS_STARTTLS_MAX_LINE];
+};
+
+int ss__starttls_valid(int protocol);
+void ss__starttls_init(struct ss_starttls_dialogue *dialogue, int protocol);
+/* Runs the dialogue on conn's plaintext as far as the socket allows: SS_DONE
+ * after the server's go-ahead (start TLS now), SS_WANT_READ/WRITE, or an
+ * error recorded on conn (which is FAILED then). The greeting's bytes are
+ * appended to greeting as far as greeting_cap allows (greeting may be NULL). */
+int ss__starttls_step(struct ss_starttls_dialogue *dialogue, ss_conn_t *conn, unsigned char *greeting,
+                      uint32_t *greeting_len, uint32_t greeting_cap);
 
 /* ---- conn.c ----------------------------------------------------------- */
 
@@ -150,6 +211,7 @@ struct ss_conn {
     struct addrinfo *ai_next;   /* next address to try */
     int connect_errno;          /* last failure among the addresses tried */
     int shutdown_sent;
+    SSL_SESSION *offer_session; /* client: resume this session (owned), NULL: none */
     char *handback;             /* data read while waiting for close_notify */
     size_t handback_len;
     size_t handback_off;

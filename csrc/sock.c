@@ -25,15 +25,14 @@ int ss__set_nonblocking(int fd)
     return 0;
 }
 
-int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct addrinfo **out)
+int ss__lookup(const char *host, int port, int socktype, int passive, struct addrinfo **out, int *sys_errno)
 {
     struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = conn->socktype;
+    hints.ai_socktype = socktype;
     hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : AI_ADDRCONFIG);
-    unsigned char literal[16];
-    if (host && (inet_pton(AF_INET, host, literal) == 1 || inet_pton(AF_INET6, host, literal) == 1))
+    if (ss__is_ip_literal(host))
         hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST; /* no lookup, no interface scan */
     char service[16];
     snprintf(service, sizeof service, "%d", port < 0 ? 0 : port);
@@ -44,12 +43,27 @@ int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct
         hints.ai_flags &= ~AI_ADDRCONFIG;
         rc = getaddrinfo(host, service, &hints, out);
     }
-    if (rc != 0) {
-        int sys = rc == EAI_SYSTEM ? errno : 0;
-        return ss__fail(&conn->err, SS_ERR_RESOLVE, sys, "getaddrinfo for %s failed: %s", host,
-                        rc == EAI_SYSTEM ? strerror(sys) : gai_strerror(rc));
-    }
-    return SS_OK;
+    *sys_errno = rc == EAI_SYSTEM ? errno : 0;
+    return rc;
+}
+
+int ss__is_ip_literal(const char *host)
+{
+    unsigned char literal[16];
+    return host && (inet_pton(AF_INET, host, literal) == 1 || inet_pton(AF_INET6, host, literal) == 1);
+}
+
+int ss__resolve_failed(ss_conn_t *conn, const char *host, int gai_rc, int sys_errno)
+{
+    return ss__fail(&conn->err, SS_ERR_RESOLVE, sys_errno, "getaddrinfo for %s failed: %s", host,
+                    gai_rc == EAI_SYSTEM ? strerror(sys_errno) : gai_strerror(gai_rc));
+}
+
+int ss__resolve(ss_conn_t *conn, const char *host, int port, int passive, struct addrinfo **out)
+{
+    int sys_errno;
+    int rc = ss__lookup(host, port, conn->socktype, passive, out, &sys_errno);
+    return rc == 0 ? SS_OK : ss__resolve_failed(conn, host, rc, sys_errno);
 }
 
 static int set_int_option(int fd, int level, int name, int value)

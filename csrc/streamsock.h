@@ -60,7 +60,8 @@ enum ss_error {
     SS_ERR_TLS_FINGERPRINT = -304,
     SS_ERR_STARTTLS_BUFFERED = -305,
     SS_ERR_TLS_ACTIVE = -306,
-    SS_ERR_BUSY = -307
+    SS_ERR_BUSY = -307,
+    SS_ERR_STARTTLS_REFUSED = -308
 };
 
 /* Transports, in PHP's names. Values are explicit and stable. */
@@ -327,13 +328,35 @@ int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *o
 
 typedef struct ss_engine ss_engine_t;
 
+/* The plaintext dialogues the engine can run before TLS (STARTTLS). */
+enum ss_starttls {
+    SS_STARTTLS_NONE = 0,
+    SS_STARTTLS_SMTP = 1,  /* greeting 220, EHLO, STARTTLS -> 220 */
+    SS_STARTTLS_IMAP = 2,  /* greeting * OK, a001 STARTTLS -> a001 OK */
+    SS_STARTTLS_POP3 = 3,  /* greeting +OK, STLS -> +OK */
+    SS_STARTTLS_FTP = 4    /* greeting 220, AUTH TLS -> 234 */
+};
+
 /* How every probe runs. Timeouts are in milliseconds, <= 0 for none.
- *   concurrency   connections in flight at most (>= 1)
- *   connect_*     resolve + TCP connect; handshake_*: the TLS handshake;
- *   total_*       the whole probe, payload and banner included
- *   payload       bytes sent once established (may be NULL)
- *   banner_max    bytes of the peer's first data to keep (0: read nothing)
- *   capture_chain 0: the leaf certificate only; 1: every certificate sent */
+ *   concurrency      connections in flight at most (1 .. 2^24)
+ *   connect_*        name lookup + TCP connect
+ *   handshake_*      from connected to TLS done (the STARTTLS dialogue included)
+ *   total_*          the whole probe, payload and banner included
+ *   payload          bytes sent once established (may be NULL)
+ *   banner_max       bytes of the peer's first data to keep (0: read nothing);
+ *                    with STARTTLS, the plaintext greeting, and after TLS
+ *                    only what answers a payload
+ *   capture_chain    0: the leaf certificate only; 1: every certificate sent
+ *   starttls         enum ss_starttls: dialogue to run on plaintext targets
+ *                    before TLS (ss_engine_add's starttls_tls)
+ *   rate             new connections per second at most (<= 0: no limit)
+ *   session_cache    TLS sessions kept for resumption, one per target
+ *                    (host, port, peer name, TLS context); 0: no resumption
+ *   resolver_threads threads for host-name lookups (<= 0: 16)
+ *   peer_fingerprint NULL, or PHP's peer_fingerprint as "alg=hex[,alg=hex...]"
+ *                    (lower-case hex, OpenSSL digest names): every digest of
+ *                    the leaf certificate must match, checked before the
+ *                    payload goes out */
 typedef struct ss_engine_options {
     int32_t concurrency;
     int32_t connect_timeout_ms;
@@ -343,15 +366,24 @@ typedef struct ss_engine_options {
     uint32_t payload_len;
     uint32_t banner_max;
     int32_t capture_chain;
+    int32_t starttls;
+    double rate;
+    int32_t session_cache;
+    int32_t resolver_threads;
+    const char *peer_fingerprint;
 } ss_engine_options_t;
 
 /* One finished probe. Variable-size data lives in the caller's arena:
  * banner bytes at banner_off, and certificates at certs_off as a sequence of
- * (4-byte little-endian length, DER) pairs. Times are from the probe's start;
- * a phase not reached is -1. */
+ * (4-byte little-endian length, DER) pairs. Times are phase durations in
+ * milliseconds (resolve: the name lookup; connect: TCP; handshake: TLS, the
+ * STARTTLS dialogue not included; total: start to end); -1 for a phase not
+ * reached or not run. ok means connected, with TLS (and STARTTLS) done when
+ * asked for; the payload and banner never make a probe fail: the banner is
+ * what came before end of stream, an error or the deadline. */
 typedef struct ss_probe_result {
     uint64_t id;
-    int32_t ok;              /* 1: connected (and TLS done, if TLS) */
+    int32_t ok;
     int32_t error;           /* SS_OK or the ss_error that ended it */
     int32_t sys_errno;
     int32_t verify_result;
@@ -363,6 +395,7 @@ typedef struct ss_probe_result {
     char group[64];
     char alpn[64];
     char peer[64];           /* the address connected to */
+    double resolve_ms;
     double connect_ms;
     double handshake_ms;
     double total_ms;
@@ -377,8 +410,11 @@ ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err
 void ss_engine_free(ss_engine_t *engine);
 
 /* Queues a client conn (from ss_conn_client, not yet stepped) under id; the
- * engine owns it from now on, also when this fails. */
-int ss_engine_add(ss_engine_t *engine, uint64_t id, ss_conn_t *conn);
+ * engine owns it from now on, also when this fails. starttls_tls: with the
+ * engine's starttls option, the client TLS context to start after the
+ * dialogue on this (plaintext tcp) conn; NULL runs no dialogue. The engine
+ * takes its own reference. */
+int ss_engine_add(ss_engine_t *engine, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *starttls_tls);
 
 /* Probes queued or in flight and not yet reported. */
 uint32_t ss_engine_pending(const ss_engine_t *engine);

@@ -362,6 +362,11 @@ int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
             }
         }
     }
+    if (conn->offer_session && !ctx->server) {
+        SSL_set_session(ssl, conn->offer_session);
+        SSL_SESSION_free(conn->offer_session); /* the SSL holds its own reference now */
+        conn->offer_session = NULL;
+    }
     conn->ssl = ssl;
     conn->tls = ss__tls_ctx_ref(ctx);
     conn->shutdown_sent = 0;

@@ -23,7 +23,8 @@ FullBacklogListener                listener whose accept queue is full (connect 
 refused_port()                     a port with nothing listening (ECONNREFUSED)
 UDPEchoServer / UnixEchoServer / UdgEchoServer   echo peers
 RawServer(script)                  runs script(conn) per connection; scripts
-                                   close_after_client_hello, send_garbage, reset_mid_handshake
+                                   close_after_client_hello, send_garbage, reset_mid_handshake,
+                                   starttls_script (smtp, imap, pop3, ftp)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import types
 import uuid
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
@@ -59,7 +61,7 @@ __all__ = [
     "SMTPStartTLSServer", "SilentServer", "FullBacklogListener", "refused_port",
     "UDPEchoServer", "UnixEchoServer", "UdgEchoServer",
     "RawServer", "close_after_client_hello", "send_garbage", "reset_mid_handshake",
-    "garbage_script", "GARBAGE",
+    "garbage_script", "GARBAGE", "STARTTLS_DIALOGUES", "starttls_script",
 ]
 
 LOOPBACK4 = "127.0.0.1"
@@ -1751,4 +1753,57 @@ def trickle_record_script(context: ssl.SSLContext, payload: bytes, interval: flo
         except OSError:
             pass
     script.__name__ = "trickle_record"
+    return script
+
+
+# -- STARTTLS dialogues for every protocol probe(starttls=...) speaks --------------------
+
+#: protocol -> (greeting, [(command expected, go-ahead reply, refusal reply)])
+STARTTLS_DIALOGUES = {
+    "smtp": (b"220 mail.test ESMTP\r\n", [(b"EHLO", b"250-mail.test\r\n250 STARTTLS\r\n", b"500 no\r\n"),
+                                          (b"STARTTLS", b"220 go ahead\r\n", b"454 TLS not available\r\n")]),
+    "imap": (b"* OK IMAP4rev1 ready\r\n", [(b"a001 STARTTLS", b"* CAPABILITY IMAP4rev1\r\na001 OK begin TLS\r\n",
+                                            b"a001 NO not now\r\n")]),
+    "pop3": (b"+OK POP3 ready\r\n", [(b"STLS", b"+OK begin TLS\r\n", b"-ERR not now\r\n")]),
+    "ftp": (b"220-Welcome\r\n220 FTP ready\r\n", [(b"AUTH TLS", b"234 AUTH TLS ok\r\n", b"502 no\r\n")]),
+}
+
+
+def starttls_script(protocol: str, context: ssl.SSLContext, *, refuse: bool = False,
+                    inject: bytes = b"") -> Callable[[socket.socket], list]:
+    """A RawServer script: ``protocol``'s server side of STARTTLS (greeting, commands,
+    go-ahead, then TLS and an echo until EOF). ``refuse`` answers the last command
+    with a refusal; ``inject`` is sent right behind the go-ahead (an injection
+    attack). Returns the commands received, checked against what the client must send."""
+    greeting, steps = STARTTLS_DIALOGUES[protocol]
+
+    def script(conn: socket.socket) -> list:
+        reader = _LineReader(conn, types.SimpleNamespace(received=bytearray()))
+        conn.sendall(greeting)
+        commands = []
+        for i, (expected, go_ahead, refusal) in enumerate(steps):
+            line = reader.readline()
+            if line is None:
+                return commands
+            commands.append(line)
+            if not line.upper().startswith(expected.upper()):
+                conn.sendall(b"500 unexpected\r\n")
+                return commands
+            last = i == len(steps) - 1
+            conn.sendall(refusal if refuse and last else go_ahead + (inject if last else b""))
+        if refuse:
+            _recv_until_eof(conn, 2.0)
+            return commands
+        try:
+            tls = context.wrap_socket(conn, server_side=True)
+            while True:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                tls.sendall(data)
+        except (OSError, ssl.SSLError):
+            pass
+        return commands
+
+    script.__name__ = f"starttls_{protocol}"
     return script

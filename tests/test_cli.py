@@ -50,6 +50,13 @@ def test_usage_errors_exit_2(args):
     assert "streamsock" in result.stderr
 
 
+def test_help_lists_every_command():
+    result = streamsock("--help")
+    assert result.returncode == 0
+    for command in ("parse", "probe", "connect", "serve", "demo"):
+        assert f"    {command} " in result.stdout
+
+
 def test_version_names_backend_and_openssl():
     result = streamsock("--version")
     assert result.returncode == 0

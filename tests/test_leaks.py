@@ -167,3 +167,33 @@ def test_handshake_timeout_cycles(backend, unaccepting_listener):
             raise AssertionError("the handshake should have timed out")
 
     check_flat(cycle, f"{backend.name} handshake timeout", warmup=50, cycles=250)
+
+
+def test_probe_of_200k_lines_runs_in_bounded_memory(backend, tmp_path):
+    """A 200,000-line target file: read lazily, never more than a few
+    concurrency's worth ahead, and RSS flat between 20k and 200k results."""
+    port = refused_port()
+    path = tmp_path / "targets.txt"
+    lines = 200_000
+    with open(path, "w") as f:
+        for i in range(lines):
+            f.write(f"tcp://127.0.0.{1 + i % 200}:{port}\n")  # 200 different loopback hosts
+    concurrency = 200
+    seen = read = 0
+
+    def targets():
+        nonlocal read
+        with open(path) as f:
+            for line in f:
+                read += 1
+                yield line
+
+    for result in backend.probe(targets(), concurrency=concurrency, timeout=5):
+        seen += 1
+        assert result.errno == 111, result.message
+        assert read - seen <= 2 * concurrency + 1  # the file is read lazily: never far ahead
+        if seen == 20_000:
+            rss_early = measure()[1]
+    grown = measure()[1] - rss_early
+    assert seen == lines
+    assert grown < 2 * RSS_BOUND, f"RSS grew {grown / 1024:.0f} KiB from 20k to 200k targets"

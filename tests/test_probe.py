@@ -1,13 +1,15 @@
-"""probe(): many targets at once (the C engine natively, a thread pool in pure Python)."""
+"""probe(): many targets at once (the C engine natively, asyncio in pure Python), one suite for both."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 
 import pytest
 
 import streamsock as ss
-from peers import PyTLSServer, refused_port
+from peers import STARTTLS_DIALOGUES, PyTLSServer, RawServer, refused_port, send_then_close, starttls_script
 
 
 def by_index(results):
@@ -87,3 +89,127 @@ def test_probe_options_are_checked(backend):
         list(backend.probe(["tcp://127.0.0.1:1"], timeout=0))
     with pytest.raises(ValueError):
         list(backend.probe(["tcp://127.0.0.1:1"], banner=1 << 20))
+
+
+# --- STARTTLS ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3", "ftp"])
+def test_starttls_dialogue_then_verified_tls(backend, pki, protocol):
+    with RawServer(starttls_script(protocol, pki.server_context())) as server:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        greeting = STARTTLS_DIALOGUES[protocol][0]
+        [result] = backend.probe([f"tcp://127.0.0.1:{server.port}"], timeout=5, context=ctx, starttls=protocol,
+                                 banner=len(greeting) + 10, payload=b"after tls\n")
+        [conn] = server.wait_for_connections(1)
+    assert result.ok, result.message
+    assert result.tls_version == "TLSv1.3" and result.cert_der == pki.server_cert.der
+    assert result.banner == greeting + b"after tls\n"  # the greeting, then the answer to the payload
+    assert result.handshake_ms is not None and result.connect_ms is not None
+    expected = {"smtp": [b"EHLO streamsock", b"STARTTLS"], "imap": [b"a001 STARTTLS"], "pop3": [b"STLS"],
+                "ftp": [b"AUTH TLS"]}[protocol]
+    assert conn.result == expected
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3", "ftp"])
+def test_starttls_refused_is_reported_with_the_servers_words(backend, pki, protocol):
+    with RawServer(starttls_script(protocol, pki.server_context(), refuse=True)) as server:
+        [result] = backend.probe([f"127.0.0.1:{server.port}"], timeout=5, starttls=protocol)
+    refusal = STARTTLS_DIALOGUES[protocol][1][-1][2].strip().decode()
+    assert not result.ok and result.error == "SS_ERR_STARTTLS_REFUSED" and result.error_class == "TLSError"
+    step = {"smtp": "STARTTLS", "imap": "STARTTLS", "pop3": "STLS", "ftp": "AUTH TLS"}[protocol]
+    assert result.message == f'{protocol} STARTTLS failed at {step}: server answered "{refusal}"'
+    assert result.tls_version is None
+
+
+def test_starttls_injection_and_wrong_servers(backend, pki):
+    inject = RawServer(starttls_script("smtp", pki.server_context(), inject=b"250 injected\r\n"))
+    not_smtp = RawServer(send_then_close(b"SSH-2.0-OpenSSH_9.2\r\n"))
+    with inject, not_smtp, PyTLSServer(pki.server_certfile, pki.server_keyfile) as tls:
+        targets = [f"127.0.0.1:{inject.port}", f"127.0.0.1:{not_smtp.port}", f"tls://127.0.0.1:{tls.port}",
+                   f"127.0.0.1:{tls.port}"]
+        results = by_index(backend.probe(targets, timeout=1, starttls="smtp"))
+    assert results[0].error == "SS_ERR_STARTTLS_BUFFERED"
+    assert results[1].error == "SS_ERR_STARTTLS_REFUSED"
+    assert results[1].message == 'smtp STARTTLS failed at greeting: server answered "SSH-2.0-OpenSSH_9.2"'
+    assert results[2].error_class == "UnsupportedTransportError"  # STARTTLS wants tcp:// targets
+    assert (results[3].error, results[3].message) == ("SS_ERR_TIMEOUT", "STARTTLS dialogue timed out")
+
+
+def test_starttls_protocol_is_checked(backend):
+    with pytest.raises(ValueError, match="starttls must be one of smtp, imap, pop3, ftp"):
+        list(backend.probe(["127.0.0.1:1"], starttls="http"))
+
+
+# --- rate, resumption, names, pinning ---------------------------------------------------------
+
+
+def test_rate_limit_spaces_new_connections(backend):
+    refused = refused_port()
+    start = time.monotonic()
+    results = list(backend.probe([f"127.0.0.1:{refused}"] * 40, concurrency=40, rate=100))
+    elapsed = time.monotonic() - start
+    assert len(results) == 40 and all(r.errno == 111 for r in results)
+    assert 0.3 <= elapsed < 3  # 39 intervals of 10 ms, after a first token at once
+
+
+def test_rate_is_checked(backend):
+    with pytest.raises(ValueError, match="rate"):
+        list(backend.probe(["127.0.0.1:1"], rate=0))
+
+
+@pytest.mark.parametrize("version", ["tlsv1.2", "tls"])
+def test_resume_reuses_sessions_for_repeat_targets(backend, pki, version):
+    with PyTLSServer(pki.server_certfile, pki.server_keyfile) as server:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        target = f"{version}://127.0.0.1:{server.port}"
+        first = list(backend.probe([target], context=ctx, resume=True, timeout=5))
+        again = list(backend.probe([target] * 3, concurrency=1, context=ctx, resume=True, timeout=5))
+        fresh = list(backend.probe([target] * 3, concurrency=1, context=ctx, timeout=5))
+    assert all(r.ok for r in first + again + fresh)
+    assert not first[0].session_reused
+    assert [r.session_reused for r in sorted(again, key=lambda r: r.index)] == [False, True, True]
+    assert not any(r.session_reused for r in fresh)
+
+
+def test_host_names_are_looked_up(backend, tls_server, pki):
+    ctx = ss.Context(ssl={"cafile": pki.cafile})
+    targets = [f"tls://localhost:{tls_server.port}", "tcp://no-such-host.invalid:80"]
+    results = by_index(backend.probe(targets, timeout=5, context=ctx))
+    assert results[0].ok and results[0].peer in (f"127.0.0.1:{tls_server.port}", f"[::1]:{tls_server.port}")
+    assert results[0].resolve_ms is not None and results[0].resolve_ms >= 0
+    assert (results[1].error, results[1].error_class) == ("SS_ERR_RESOLVE", "ConnectError")
+    assert results[1].message.startswith("getaddrinfo for no-such-host.invalid failed")
+
+
+def test_peer_fingerprint_is_checked_before_the_payload(backend, pki):
+    good = hashlib.sha256(pki.server_cert.der).hexdigest()
+    with PyTLSServer(pki.server_certfile, pki.server_keyfile, mode="echo") as server:
+        target = f"tls://127.0.0.1:{server.port}"
+        results = {}
+        for name, pin in (("good", good), ("bad", "00" * 32)):
+            ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost", "peer_fingerprint": pin})
+            [results[name]] = backend.probe([target], context=ctx, payload=b"secret\n", banner=7, timeout=5)
+        records = server.wait_for_connections(2)
+    assert results["good"].ok and results["good"].banner == b"secret\n"
+    bad = results["bad"]
+    assert (bad.ok, bad.error, bad.error_class) == (False, "SS_ERR_TLS_FINGERPRINT", "CertificateVerifyError")
+    assert bad.message == "peer_fingerprint match failure"
+    assert sum(bytes(r.received) == b"secret\n" for r in records) == 1  # the payload never reached the bad pin
+
+
+def test_timings_are_phase_durations(backend, tls_server, pki):
+    ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+    [r] = backend.probe([f"tls://127.0.0.1:{tls_server.port}"], context=ctx, timeout=5)
+    assert r.ok and r.resolve_ms >= 0 and r.connect_ms >= 0 and r.handshake_ms > 0
+    assert r.resolve_ms + r.connect_ms + r.handshake_ms <= r.total_ms + 0.01
+
+
+def test_probe_works_inside_a_running_event_loop(backend, tls_server, pki):
+    ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+
+    async def main():
+        return list(backend.probe([f"tls://127.0.0.1:{tls_server.port}"] * 3, context=ctx, timeout=5))
+
+    results = asyncio.run(main())
+    assert len(results) == 3 and all(r.ok for r in results)

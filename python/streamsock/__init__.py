@@ -179,19 +179,26 @@ def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
 
 def probe(targets, concurrency: int = 100, timeout: float = 5.0, context: Context | None = None, *,
           connect_timeout: float | None = None, handshake_timeout: float | None = None, payload: bytes = b"",
-          banner: int = 0, capture_chain: bool = False):
+          banner: int = 0, capture_chain: bool = False, starttls: str | None = None, rate: float | None = None,
+          resume: bool = False):
     """Connect to many targets at once; yields a :class:`ProbeResult` per target as it finishes.
 
     ``targets`` is any iterable of addresses (a generator over a file of
-    millions of lines works in bounded memory). ``timeout`` bounds each whole
-    probe; ``connect_timeout`` and ``handshake_timeout`` its phases. TLS targets
-    (``tls://``, ``ssl://``, ``tlsv1.x://``) are verified with ``context``.
-    ``payload`` is sent once connected and up to ``banner`` bytes of the reply
-    are kept. The native backend drives everything from one C epoll loop.
+    millions of lines works in bounded memory); host names are looked up
+    without holding up the other connections. ``timeout`` bounds each whole
+    probe; ``connect_timeout`` (lookup and connect) and ``handshake_timeout``
+    (connected to TLS done) its phases. TLS targets (``tls://``, ``ssl://``,
+    ``tlsv1.x://``) are verified with ``context``; ``starttls`` ("smtp",
+    "imap", "pop3", "ftp") runs that protocol's dialogue on plain ``tcp://``
+    targets, then TLS. ``payload`` is sent once established and up to
+    ``banner`` bytes of what comes back are kept (with ``starttls``, the
+    server's greeting). ``rate`` caps new connections per second; ``resume``
+    offers a target seen before its last TLS session. The native backend
+    drives everything from one C epoll loop, the pure one from asyncio.
     """
     return _active.probe(targets, concurrency, timeout, context, connect_timeout=connect_timeout,
                          handshake_timeout=handshake_timeout, payload=payload, banner=banner,
-                         capture_chain=capture_chain)
+                         capture_chain=capture_chain, starttls=starttls, rate=rate, resume=resume)
 
 
 def openssl_version() -> str:

@@ -46,12 +46,13 @@ class Backend:
         return _stream.server(self, address, flags, context)
 
     def probe(self, targets, concurrency=100, timeout=5.0, context=None, *, connect_timeout=None,
-              handshake_timeout=None, payload=b"", banner=0, capture_chain=False):
+              handshake_timeout=None, payload=b"", banner=0, capture_chain=False, starttls=None, rate=None,
+              resume=False):
         """Probe many targets at once; see :func:`streamsock.probe`."""
         from .probe import ProbeOptions, probe
 
         options = ProbeOptions(concurrency, timeout, connect_timeout, handshake_timeout, payload, banner,
-                               capture_chain)
+                               capture_chain, starttls, rate, resume)
         return probe(self, targets, context, options)
 
     def self_signed(self, name: str = "localhost", days: int = 30) -> tuple[str, str]:

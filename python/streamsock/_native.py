@@ -527,32 +527,41 @@ _ARENA = 1 << 20  # bytes of banners and certificates per call
 class Engine:
     """One ss_engine_t: probes added as client conns, finished ones read back as dicts."""
 
-    def __init__(self, options) -> None:
+    def __init__(self, options, peer_fingerprint: str | None, session_cache: int) -> None:
+        from .starttls import PROTOCOLS
+
         o = ffi.new("ss_engine_options_t *")
+        connect, handshake = options.phase_timeouts()
         o.concurrency = options.concurrency
         o.total_timeout_ms = _timeout_ms(options.timeout)
-        o.connect_timeout_ms = _timeout_ms(options.connect_timeout or options.timeout)
-        o.handshake_timeout_ms = _timeout_ms(options.handshake_timeout or options.timeout)
+        o.connect_timeout_ms = _timeout_ms(connect)
+        o.handshake_timeout_ms = _timeout_ms(handshake)
         payload = ffi.from_buffer(options.payload) if options.payload else ffi.NULL
         o.payload = ffi.cast("const char *", payload)
         o.payload_len = len(options.payload)
         o.banner_max = options.banner
         o.capture_chain = options.capture_chain
+        o.starttls = PROTOCOLS.index(options.starttls) + 1 if options.starttls else lib.SS_STARTTLS_NONE
+        o.rate = options.rate or 0.0
+        o.session_cache = session_cache
+        pins = ffi.new("char[]", peer_fingerprint.encode()) if peer_fingerprint else ffi.NULL
+        o.peer_fingerprint = pins
         err = ffi.new("ss_error_info_t *")
-        handle = lib.ss_engine_new(o, err)
+        handle = lib.ss_engine_new(o, err)  # copies the payload and the pins
         if handle == ffi.NULL:
             _raise_record(err)
         self._h = ffi.gc(handle, lib.ss_engine_free)
         self._results = ffi.new("ss_probe_result_t[]", _RESULTS)
         self._arena = ffi.new("unsigned char[]", _ARENA)
 
-    def add(self, index: int, address: Address, context, tls) -> None:
+    def add(self, index: int, address: Address, context, tls, starttls_tls) -> None:
         s = _Strings()
         err = ffi.new("ss_error_info_t *")
         conn = lib.ss_conn_client(_conn_options(address, context, tls, s), err)
         if conn == ffi.NULL:
             _raise_record(err)
-        if lib.ss_engine_add(self._h, index, conn) < 0:
+        starttls = starttls_tls if starttls_tls is not None else ffi.NULL
+        if lib.ss_engine_add(self._h, index, conn, starttls) < 0:
             raise MemoryError("streamsock engine: out of memory")
 
     def pending(self) -> int:
@@ -577,7 +586,8 @@ class Engine:
                 "id": r.id, "ok": bool(r.ok), "error": r.error, "sys_errno": r.sys_errno,
                 "verify_result": r.verify_result, "message": _text(r.message), "protocol": _text(r.protocol),
                 "cipher": _text(r.cipher), "group": _text(r.group), "alpn": _text(r.alpn), "peer": _text(r.peer),
-                "connect_ms": r.connect_ms, "handshake_ms": r.handshake_ms, "total_ms": r.total_ms,
+                "resolve_ms": r.resolve_ms, "connect_ms": r.connect_ms, "handshake_ms": r.handshake_ms,
+                "total_ms": r.total_ms, "session_reused": bool(r.session_reused),
                 "banner": arena[r.banner_off : r.banner_off + r.banner_len], "certs": certs,
             })
         return out

@@ -213,6 +213,7 @@ class PureConnection:
         self._verify_peer_name = context.verify_peer_name
         self._sni = context.sni_enabled
         self._accepted = sock is not None
+        self.offer_session: ssl.SSLSession | None = None  # client: resume this session (probe's cache)
         self.state = "established" if sock is not None else "resolve"
 
     # -- errors -------------------------------------------------------------
@@ -341,6 +342,8 @@ class PureConnection:
             context, hostname = tls.checked_context, name
         elif not s.server and name and self._sni and ip_literal(name) is None:
             hostname = name
+        if session is None and not s.server:
+            session, self.offer_session = self.offer_session, None
         self._ssl = context.wrap_bio(self._in, self._out, server_side=s.server, server_hostname=hostname,
                                      session=session)
         self._tls = tls
@@ -643,6 +646,13 @@ class PureConnection:
         session = session_from._ssl.session if session_from is not None and session_from._ssl is not None else None
         self._attach(tls, session)
         self.state = "handshaking"
+
+    def resumable_session(self) -> ssl.SSLSession | None:
+        """The TLS session, once it can be resumed (TLS 1.3: after the server's ticket)."""
+        session = self._ssl.session if self._ssl is not None else None
+        if session is None or not (session.has_ticket or (session.id and self._ssl.version() != "TLSv1.3")):
+            return None  # a TLS 1.3 session's id is only the legacy echo
+        return session
 
     def stop_tls(self) -> None:
         if self.state != "established" or self._ssl is None:

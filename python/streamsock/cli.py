@@ -1,15 +1,172 @@
-"""The ``streamsock`` command."""
+"""The ``streamsock`` command: argument parsing, dispatch, and what the commands share.
+
+Each network command lives in its own module (cli_probe, cli_connect,
+cli_serve), imported only when that command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib
 import json
+import os
 import sys
-from typing import Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from . import __version__, _backend
 from .address import Address
+from .context import Context
 from .errors import AddressError
+from .starttls import PROTOCOLS as STARTTLS_PROTOCOLS
+from .stream import SHUT_WR, Stream, select
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given: exit status 2."""
+
+
+# --- helpers the commands share ---------------------------------------------------------
+
+
+def say(command: str, message: str) -> None:
+    """One line on stderr, prefixed with the command's name."""
+    print(f"streamsock {command}: {message}", file=sys.stderr, flush=True)
+
+
+def backend_for(args: argparse.Namespace) -> _backend.Backend:
+    return _backend.get(args.backend) if args.backend else _backend.select()
+
+
+def tls_client_context(args: argparse.Namespace) -> Context | None:
+    """The Context for --cafile, --insecure, --peer-name and --pin; None when
+    none was given, so the defaults apply."""
+    ssl: dict = {}
+    if args.cafile:
+        ssl["cafile"] = args.cafile
+    if args.peer_name:
+        ssl["peer_name"] = args.peer_name
+    if args.insecure:
+        ssl.update(verify_peer=False, verify_peer_name=False)
+    if args.pin:
+        # The pinned fingerprint is the trust: a self-signed certificate has no CA to verify against.
+        ssl.update(peer_fingerprint=args.pin, verify_peer=False, verify_peer_name=False)
+    try:
+        return Context(ssl=ssl) if ssl else None
+    except ValueError as exc:  # a malformed --pin
+        raise UsageError(str(exc)) from None
+
+
+def read_lines(file: IO[str], *, comments: bool = False) -> Iterator[str]:
+    """The non-blank lines of ``file`` without their line ends, one at a time
+    (never the whole file in memory); with ``comments``, lines starting with
+    '#' are skipped too."""
+    with file:
+        for line in file:
+            text = line.strip()
+            if text and not (comments and text.startswith("#")):
+                yield line.rstrip("\r\n")
+
+
+class StdinFd:
+    """Standard input as select() wants it (an object with fileno()), read unbuffered."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno() if sys.stdin is not None else -1
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self, size: int) -> bytes:
+        return os.read(self.fd, size) if self.fd >= 0 else b""
+
+
+_RELAY_CHUNK = 65536
+_RELAY_BACKLOG = 1 << 20  # stdin bytes held for a peer that is slow to read; then stdin waits
+
+
+def relay(stream: Stream, datagram_idle: float) -> None:
+    """nc's loop: stdin to ``stream`` and ``stream`` to stdout until the peer's
+    end of stream.
+
+    At the end of stdin a plaintext stream's write side is shut down, so the
+    peer sees the end of the input; a TLS stream just stops writing (a TCP
+    half-close under TLS reads as a truncation). Datagram streams have no end:
+    once stdin has ended, the relay stops after ``datagram_idle`` seconds
+    without a reply. Stream errors propagate.
+    """
+    stdin = StdinFd()
+    stdout = sys.stdout.buffer
+    datagram = stream.address.transport.datagram
+    outgoing: collections.deque[bytes] = collections.deque()  # one item per stdin read: a datagram each
+    outgoing_bytes = 0
+    reading_stdin = stdin.fd >= 0
+    write_side_done = False
+    stream.set_blocking(False)  # both directions at once: never wait inside read or write
+    try:
+        while True:
+            readers: list = [stream]
+            if reading_stdin and outgoing_bytes < _RELAY_BACKLOG:
+                readers.append(stdin)
+            idle = datagram_idle if datagram and not reading_stdin and not outgoing else None
+            readable, writable, _ = select(readers, [stream] if outgoing else [], [], idle)
+            if idle is not None and not readable and not writable:
+                return  # a datagram peer with nothing more to say
+            if stream in readable:
+                data = stream.read(_RELAY_CHUNK)
+                if data == b"":
+                    return
+                if data:
+                    stdout.write(data)
+                    stdout.flush()
+            if stdin in readable:
+                chunk = stdin.read(_RELAY_CHUNK)
+                if chunk:
+                    outgoing.append(chunk)
+                    outgoing_bytes += len(chunk)
+                else:
+                    reading_stdin = False
+            while outgoing:  # as much as the socket takes now; select says when it takes more
+                chunk = outgoing[0]
+                sent = stream.write(chunk)
+                outgoing_bytes -= sent
+                if sent < len(chunk):
+                    outgoing[0] = chunk[sent:]
+                    break
+                outgoing.popleft()
+            if not reading_stdin and not outgoing and not write_side_done:
+                write_side_done = True
+                if not datagram and stream.crypto is None:
+                    stream.shutdown(SHUT_WR)
+    finally:
+        if not stream.closed:
+            stream.set_blocking(True)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def escaped_bytes(text: str) -> bytes:
+    r"""--payload's TEXT with \r, \n, \t, \\ and \xHH interpreted, as bytes."""
+    try:
+        # unicode_escape reads bytes as Latin-1, so UTF-8 text survives the round trip unchanged.
+        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not bytes: {exc.reason}") from None
+
+
+# --- parse, demo, version --------------------------------------------------------------
 
 
 def _record(text: str, item: Address | AddressError) -> dict:
@@ -32,26 +189,19 @@ def _record(text: str, item: Address | AddressError) -> dict:
     }
 
 
-def _read_lines(path: str) -> list[str]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="surrogateescape")
-    with stream:
-        return [line.rstrip("\r\n") for line in stream if line.strip()]
-
-
 def cmd_parse(args: argparse.Namespace) -> int:
-    backend = _backend.get(args.backend) if args.backend else _backend.select()
+    backend = backend_for(args)
     texts: list[str] = list(args.addresses)
-    for path in args.file or ():
-        texts.extend(_read_lines(path))
+    for file in args.file or ():
+        texts.extend(read_lines(file))
     if not texts:
-        print("streamsock parse: give addresses as arguments or with -f FILE", file=sys.stderr)
-        return 2
+        raise UsageError("give addresses as arguments or with -f FILE")
     batch = backend.parse_batch(texts)
     out = sys.stdout
     for text, item in zip(texts, batch.addresses("return")):
         out.write(json.dumps(_record(text, item)) + "\n")
     if batch.failed:
-        print(f"streamsock parse: {batch.failed} of {len(texts)} addresses failed", file=sys.stderr)
+        say("parse", f"{batch.failed} of {len(texts)} addresses failed")
         return 1
     return 0
 
@@ -66,6 +216,103 @@ def cmd_version(args: argparse.Namespace) -> int:
     backend = _backend.select()
     print(f"streamsock {__version__} ({backend.name} backend, {backend.openssl_version()})")
     return 0
+
+
+def _command_module(name: str) -> Callable[[argparse.Namespace], int]:
+    """A command's run(args), its module imported only when that command runs."""
+    return lambda args: importlib.import_module(f".{name}", __package__).run(args)
+
+
+# --- the parser -------------------------------------------------------------------------
+
+_ADDRESS_FILE = argparse.FileType("r", encoding="utf-8", errors="surrogateescape")
+
+
+def _add_backend_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--backend", choices=_backend.NAMES, help=f"{what} (default: native when built)")
+
+
+def _add_tls_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in FILE (PEM) instead of the system's")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate or name")
+    p.add_argument("--peer-name", metavar="NAME", help="the name to verify the certificate against and send as SNI "
+                   "(default: the address's host)")
+    p.add_argument("--pin", metavar="SHA256", help="trust the server certificate with this SHA-256 fingerprint "
+                   "(as `streamsock serve --self-signed` prints it) instead of a CA")
+
+
+def _add_probe_parser(sub) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="connect to many targets at once; one JSON line or summary line per target",
+        description="Connect to many targets at once (TLS handshake and verification for ssl://, tls:// and "
+        "tlsv1.x:// targets) and report each one as it finishes; a progress bar and a summary table "
+        "(outcomes, rate, latency percentiles) go to stderr. Exit status 0 when every target was ok, "
+        "1 when some failed, 2 for usage errors.",
+    )
+    p.add_argument("addresses", nargs="*", metavar="ADDR", help='e.g. "tls://example.com:443", "host:25"')
+    p.add_argument("-f", "--file", action="append", type=_ADDRESS_FILE, metavar="FILE",
+                   help="read targets, one a line ('-' for stdin; blank lines and #comments skipped); "
+                   "read as the probe goes, so any size works")
+    p.add_argument("-c", "--concurrency", type=positive_int, default=100, metavar="N",
+                   help="connections in flight (default 100)")
+    p.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
+                   help="deadline for each whole target (default 5)")
+    p.add_argument("--connect-timeout", type=positive_float, metavar="S", help="deadline for the TCP connect")
+    p.add_argument("--handshake-timeout", type=positive_float, metavar="S", help="deadline for the TLS handshake")
+    p.add_argument("--rate", type=positive_float, metavar="R", help="at most R new connections per second")
+    p.add_argument("--starttls", choices=STARTTLS_PROTOCOLS, metavar="PROTO",
+                   help=f"upgrade tcp:// targets with STARTTLS ({', '.join(STARTTLS_PROTOCOLS)})")
+    _add_tls_client_options(p)
+    p.add_argument("--payload", type=escaped_bytes, default=b"", metavar="TEXT",
+                   help=r"send TEXT once connected (\r, \n, \t, \xHH interpreted)")
+    p.add_argument("--banner", type=int, default=0, metavar="N", help="keep up to N bytes of the reply")
+    p.add_argument("--resume", action="store_true", help="resume TLS sessions for repeated targets")
+    p.add_argument("--chain", action="store_true",
+                   help='add the certificate chain the server sent ("chain": base64 DER, leaf first)')
+    p.add_argument("--json", action="store_true", help="one JSON object per target on stdout")
+    _add_backend_option(p, "backend to probe with")
+    p.set_defaults(func=_command_module("cli_probe"))
+
+
+def _add_connect_parser(sub) -> None:
+    p = sub.add_parser(
+        "connect",
+        help="connect and copy stdin to the stream and the stream to stdout (nc, openssl s_client)",
+        description="Connect to ADDR (TLS addresses are verified), say on stderr what was negotiated, then "
+        "copy stdin to the connection and the connection to stdout until the server closes it. "
+        "Errors exit with status 1.",
+    )
+    p.add_argument("address", metavar="ADDR", help='e.g. "tls://example.com:443", "tcp://[::1]:25", "unix:///run/s"')
+    p.add_argument("--starttls", choices=STARTTLS_PROTOCOLS, metavar="PROTO",
+                   help=f"connect in plaintext, run the STARTTLS dialogue ({', '.join(STARTTLS_PROTOCOLS)}), "
+                   "then continue over TLS")
+    _add_tls_client_options(p)
+    p.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
+                   help="deadline for connecting, the handshake and the STARTTLS dialogue (default 10); "
+                   "for udp and udg, how long to wait for replies once stdin has ended")
+    _add_backend_option(p, "backend to connect with")
+    p.set_defaults(func=_command_module("cli_connect"))
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="listen on an address: echo every client, or pass one client's data to stdout (nc -l)",
+        description="Listen on ADDR (port 0: any free port) and say on stderr where. With --echo, every client "
+        "gets its data back (several at once); otherwise the first client's data goes to stdout and stdin goes "
+        "to it, as with `nc -l`. Ctrl-C or SIGTERM stops the server.",
+    )
+    p.add_argument("address", metavar="ADDR", help='e.g. "tls://127.0.0.1:0", "tcp://[::]:7000", "unix:///tmp/s"')
+    p.add_argument("--cert", metavar="FILE", help="the server certificate (PEM; may hold the key too)")
+    p.add_argument("--key", metavar="FILE", help="its private key (PEM)")
+    p.add_argument("--self-signed", action="store_true",
+                   help="use a fresh self-signed certificate; its SHA-256 fingerprint is printed for clients to pin")
+    p.add_argument("--echo", action="store_true", help="send every client its data back")
+    p.add_argument("--max-clients", type=positive_int, metavar="N",
+                   help="exit after serving N clients (udp and udg: N datagrams)")
+    _add_backend_option(p, "backend to serve with")
+    p.set_defaults(func=_command_module("cli_serve"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(the canonical form and its parts, or the error). Exit status 1 if any failed.",
     )
     p.add_argument("addresses", nargs="*", metavar="ADDR", help='e.g. "tls://[::1]:443", "host:80", "unix:///run/s"')
-    p.add_argument("-f", "--file", action="append", metavar="FILE", help="read addresses, one a line ('-' for stdin)")
-    p.add_argument("--backend", choices=_backend.NAMES, help="parser to use (default: native when built)")
+    p.add_argument("-f", "--file", action="append", type=_ADDRESS_FILE, metavar="FILE",
+                   help="read addresses, one a line ('-' for stdin)")
+    _add_backend_option(p, "parser to use")
     p.set_defaults(func=cmd_parse)
+
+    _add_probe_parser(sub)
+    _add_connect_parser(sub)
+    _add_serve_parser(sub)
 
     d = sub.add_parser(
         "demo",
@@ -109,11 +361,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except BrokenPipeError:  # `streamsock parse ... | head`
+    except (UsageError, AddressError) as exc:  # an address raised here is the ADDR argument's
+        say(args.command, str(exc))
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, the shell's usual status
+        return 130
+    except BrokenPipeError:  # `streamsock probe ... | head`
         sys.stderr.close()
         return 0
-    except (OSError, ImportError) as exc:
-        print(f"streamsock: {exc}", file=sys.stderr)
+    except (OSError, ImportError) as exc:  # every streamsock error is an OSError
+        say(args.command, str(exc))
         return 1
 
 

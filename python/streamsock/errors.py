@@ -129,6 +129,7 @@ TLS_FINGERPRINT = -304
 STARTTLS_BUFFERED = -305
 TLS_ACTIVE = -306
 BUSY = -307
+STARTTLS_REFUSED = -308
 
 # Code -> (name, message). The same table as csrc/internal.h's SS_ERROR_TABLE,
 # so the pure-Python backend reports exactly what the native one does;
@@ -180,6 +181,7 @@ ERROR_CODES: dict[int, tuple[str, str]] = {
     ),
     TLS_ACTIVE: ("SS_ERR_TLS_ACTIVE", "TLS is already enabled on this stream"),
     BUSY: ("SS_ERR_BUSY", "stream is in use by another thread"),
+    STARTTLS_REFUSED: ("SS_ERR_STARTTLS_REFUSED", "the server refused STARTTLS"),
 }
 
 _CLASS_BY_CODE: dict[int, type[StreamSocketError]] = {
@@ -195,6 +197,7 @@ _CLASS_BY_CODE: dict[int, type[StreamSocketError]] = {
     TLS_FINGERPRINT: CertificateVerifyError,
     STARTTLS_BUFFERED: TLSError,
     TLS_ACTIVE: TLSError,
+    STARTTLS_REFUSED: TLSError,
 }
 
 

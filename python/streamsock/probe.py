@@ -1,31 +1,43 @@
 """probe(): connect to many targets at once and report each one as it finishes.
 
 With the native backend one C engine (csrc/engine.c) drives every connection
-on epoll: connect, TLS handshake for ssl://, tls:// and tlsv1.x:// targets,
-an optional payload and a bounded banner read, each with its deadlines.
-Python hands targets over in bounded chunks and receives one record per
-finished target, so a file of millions of lines needs memory for the
-connections in flight only. The pure backend runs the same probe on a thread
-pool of blocking streams (one thread per connection in flight).
+on epoll: name lookup (on resolver threads), connect, the TLS handshake for
+ssl://, tls:// and tlsv1.x:// targets or a STARTTLS dialogue then TLS for
+plain ones, an optional payload and a bounded banner read, each with its
+deadlines. Python hands targets over in bounded chunks and receives one
+record per finished target, so a file of millions of lines needs memory for
+the connections in flight only. The pure backend runs the same probe, phase
+for phase, on an asyncio event loop of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from . import errors as _e
-from .address import Address
+from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
+from .starttls import PROTOCOLS, Dialogue
+
+SESSION_CACHE = 1024  # TLS sessions kept with resume=True (one per target)
+TICKET_WAIT_MIN = 0.050  # seconds, plus twice the handshake: as csrc/engine.c
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """What happened to one target. Times are milliseconds from the probe's
-    start (None for a phase not reached)."""
+    """What happened to one target.
+
+    ``ok`` means connected, with TLS (and the STARTTLS dialogue) done when the
+    target asked for it; the payload and banner never make a probe fail. Times
+    are phase durations in milliseconds: ``resolve_ms`` the name lookup,
+    ``connect_ms`` TCP, ``handshake_ms`` TLS (the STARTTLS dialogue not
+    included), ``total_ms`` the whole probe; None for a phase not reached.
+    """
 
     index: int                   # the target's position in the input
     target: str                  # as given
@@ -41,10 +53,12 @@ class ProbeResult:
     group: str | None = None     # key-exchange group (native backend)
     alpn: str | None = None
     verify_result: int = 0
+    session_reused: bool = False
+    resolve_ms: float | None = None
     connect_ms: float | None = None
     handshake_ms: float | None = None
     total_ms: float | None = None
-    banner: bytes = b""
+    banner: bytes = b""          # the peer's first bytes; with STARTTLS its greeting
     cert_der: bytes | None = None
     chain: tuple[bytes, ...] = field(default_factory=tuple)
 
@@ -58,35 +72,53 @@ class ProbeResult:
             "ok": self.ok, "error": self.error, "error_class": self.error_class, "errno": self.errno,
             "message": self.message, "peer": self.peer, "tls_version": self.tls_version, "cipher": self.cipher,
             "group": self.group, "alpn": self.alpn, "verify_result": self.verify_result,
-            "connect_ms": self.connect_ms, "handshake_ms": self.handshake_ms, "total_ms": self.total_ms,
+            "session_reused": self.session_reused, "resolve_ms": self.resolve_ms, "connect_ms": self.connect_ms,
+            "handshake_ms": self.handshake_ms, "total_ms": self.total_ms,
             "banner": self.banner.decode("latin-1"), "cert_sha256": self.cert_sha256,
         }
 
 
-def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError) -> ProbeResult:
-    return ProbeResult(index, target, address, False, exc.code, type(exc).__name__, exc.errno or 0, str(exc))
+def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError, **times) -> ProbeResult:
+    return ProbeResult(index, target, address, False, exc.code, type(exc).__name__, exc.errno or 0, str(exc),
+                       verify_result=getattr(exc, "verify_result", 0), **times)
 
 
 @dataclass
 class ProbeOptions:
     concurrency: int = 100
     timeout: float = 5.0                 # the whole probe of one target
-    connect_timeout: float | None = None  # default: timeout
-    handshake_timeout: float | None = None
+    connect_timeout: float | None = None  # name lookup + TCP connect; default: timeout
+    handshake_timeout: float | None = None  # connected to TLS done; default: timeout
     payload: bytes = b""
     banner: int = 0                      # bytes of banner to keep
     capture_chain: bool = False
+    starttls: str | None = None          # "smtp", "imap", "pop3" or "ftp": dialogue before TLS
+    rate: float | None = None            # new connections per second at most
+    resume: bool = False                 # offer repeat targets their last TLS session
 
     def __post_init__(self) -> None:
-        if type(self.concurrency) is not int or self.concurrency < 1:
-            raise ValueError("concurrency must be an int >= 1")
+        if type(self.concurrency) is not int or not 1 <= self.concurrency <= 1 << 24:
+            raise ValueError("concurrency must be an int between 1 and 2**24")
         if self.timeout <= 0:
             raise ValueError("timeout must be > 0")
+        for name in ("connect_timeout", "handshake_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (or None for the whole timeout)")
         if not 0 <= self.banner <= 65536:  # each record's banner must fit the engine's arena
             raise ValueError("banner must be between 0 and 65536 bytes")
+        if self.starttls is not None and self.starttls not in PROTOCOLS:
+            raise ValueError(f"starttls must be one of {', '.join(PROTOCOLS)}, not {self.starttls!r}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError("rate must be > 0 connections per second (or None for no limit)")
+
+    def phase_timeouts(self) -> tuple[float, float]:
+        """(connect, handshake) timeouts in seconds, each within the whole timeout."""
+        return (min(self.connect_timeout or self.timeout, self.timeout),
+                min(self.handshake_timeout or self.timeout, self.timeout))
 
 
-def _parsed(backend, targets: Iterable[str | Address], context: Context):
+def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions):
     """(index, text, Address or the AddressError) for each target, lazily."""
     for index, target in enumerate(targets):
         text = str(target)
@@ -95,6 +127,8 @@ def _parsed(backend, targets: Iterable[str | Address], context: Context):
             check_transport_available(address, backend)
             if address.port is None and not address.transport.local:
                 raise _e.address_error(_e.ADDR_PORT_MISSING, text, len(text), 0)
+            if options.starttls and address.transport is not Transport.TCP:
+                raise _e.error(_e.UNSUPPORTED, f"STARTTLS needs a plain tcp:// target, not {address.transport.value}://")
         except _e.AddressError as exc:
             yield index, text, exc
             continue
@@ -108,9 +142,17 @@ def probe(backend, targets: Iterable[str | Address], context: Context | None = N
     context = context if context is not None else DEFAULT_CONTEXT
     options = options or ProbeOptions()
     if backend.name == "native":
-        yield from _probe_native(backend, targets, context, options)
-    else:
-        yield from _probe_threads(backend, targets, context, options)
+        return _probe_native(backend, targets, context, options)
+    if _running_loop() is not None:  # our loop cannot run inside the caller's
+        return _in_thread(lambda: _probe_asyncio(backend, targets, context, options))
+    return _probe_asyncio(backend, targets, context, options)
+
+
+def _tls_for(backend, context: Context, address: Address, options: ProbeOptions):
+    """(TLS context of a tls:// target, TLS context to start after STARTTLS)."""
+    if options.starttls:
+        return None, context.tls_context(backend, False, None)
+    return (context.tls_context(backend, False, address.transport) if address.secure else None), None
 
 
 # --- native: the C engine ---------------------------------------------------------------
@@ -118,10 +160,13 @@ def probe(backend, targets: Iterable[str | Address], context: Context | None = N
 
 def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
     from . import _native
+    from .certificate import parse_fingerprint_spec
 
-    engine = _native.Engine(options)
+    pins = context.ssl.get("peer_fingerprint")
+    pins_text = ",".join(f"{alg}={digits}" for alg, digits in parse_fingerprint_spec(pins)) if pins else None
+    engine = _native.Engine(options, pins_text, SESSION_CACHE if options.resume else 0)
     meta: dict[int, tuple[str, Address]] = {}
-    source = _parsed(backend, targets, context)
+    source = _parsed(backend, targets, options)
     exhausted = False
     high_water = options.concurrency * 2  # targets handed to C ahead of time
     try:
@@ -136,8 +181,8 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
                     yield _failed(index, text, None, address)
                     continue
                 try:
-                    tls = context.tls_context(backend, False, address.transport) if address.secure else None
-                    engine.add(index, address, context, tls)
+                    tls, starttls_tls = _tls_for(backend, context, address, options)
+                    engine.add(index, address, context, tls, starttls_tls)
                 except _e.StreamSocketError as exc:
                     yield _failed(index, text, address, exc)
                     continue
@@ -151,6 +196,10 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
         engine.close()
 
 
+def _ms(value: float) -> float | None:
+    return value if value >= 0 else None
+
+
 def _native_result(r: dict, text: str, address: Address) -> ProbeResult:
     error_name = None
     error_class = None
@@ -162,66 +211,329 @@ def _native_result(r: dict, text: str, address: Address) -> ProbeResult:
         index=r["id"], target=text, address=address, ok=r["ok"], error=error_name, error_class=error_class,
         errno=r["sys_errno"], message=r["message"], peer=r["peer"], tls_version=r["protocol"] or None,
         cipher=r["cipher"] or None, group=r["group"] or None, alpn=r["alpn"] or None,
-        verify_result=r["verify_result"],
-        connect_ms=r["connect_ms"] if r["connect_ms"] >= 0 else None,
-        handshake_ms=r["handshake_ms"] if r["handshake_ms"] >= 0 else None,
+        verify_result=r["verify_result"], session_reused=r["session_reused"],
+        resolve_ms=_ms(r["resolve_ms"]), connect_ms=_ms(r["connect_ms"]), handshake_ms=_ms(r["handshake_ms"]),
         total_ms=r["total_ms"], banner=r["banner"], cert_der=certs[0] if certs else None, chain=tuple(certs),
     )
 
 
-# --- pure: blocking streams on a thread pool -----------------------------------------------
+# --- pure: the same phases on an asyncio loop ------------------------------------------------
 
 
-def _probe_one(backend, index: int, text: str, address: Address, context: Context,
-               options: ProbeOptions) -> ProbeResult:
-    start = time.monotonic()
-    deadline = start + options.timeout
-    connect_timeout = min(options.connect_timeout or options.timeout, options.timeout)
+def _running_loop():
     try:
-        stream = backend.client(address, timeout=connect_timeout, context=context)
-    except _e.StreamSocketError as exc:
-        return _failed(index, text, address, exc)
-    connected = (time.monotonic() - start) * 1000
-    with stream:
-        banner = b""
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _in_thread(make: callable) -> Iterator[ProbeResult]:
+    """Runs the generator make() on a thread of its own and yields what it yields
+    (for callers inside a running event loop); stops it when closed early."""
+    results: queue.Queue = queue.Queue(maxsize=256)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        item: object = end
         try:
-            stream.set_timeout(max(0.001, deadline - time.monotonic()))
-            if options.payload:
-                stream.write(options.payload)
-            while len(banner) < options.banner:
-                stream.set_timeout(max(0.001, deadline - time.monotonic()))
-                data = stream.read(options.banner - len(banner))
-                if not data:
-                    break
-                banner += data
-        except _e.StreamSocketError:
-            pass  # the banner is what came before the deadline or the error
-        info = stream.tls_info or {}
-        ders = stream._conn.peer_certs(options.capture_chain) if stream.crypto else []
-        return ProbeResult(
-            index=index, target=text, address=address, ok=True, error=None, error_class=None, errno=0,
-            message="", peer=stream.peer_name, tls_version=info.get("protocol"), cipher=info.get("cipher_name"),
-            group=info.get("group"), alpn=info.get("alpn_protocol"), connect_ms=connected,
-            handshake_ms=None, total_ms=(time.monotonic() - start) * 1000, banner=banner,
-            cert_der=ders[0] if ders else None, chain=tuple(ders),
-        )
-
-
-def _probe_threads(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
-    source = _parsed(backend, targets, context)
-    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="streamsock-probe") as pool:
-        running = set()
-        for index, text, address in source:
-            if isinstance(address, _e.AddressError):
-                yield _failed(index, text, None, address)
+            for result in make():
+                while not stop.is_set():
+                    try:
+                        results.put(result, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer
+            item = exc
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
                 continue
-            running.add(pool.submit(_probe_one, backend, index, text, address, context, options))
-            if len(running) >= options.concurrency:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
 
+    thread = threading.Thread(target=work, name="streamsock-probe", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = results.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Timeline:
+    """One probe's clock: when each phase began, which deadline holds now, and
+    the engine's words for a deadline that passed."""
+
+    def __init__(self, loop, options: ProbeOptions) -> None:
+        self.loop = loop
+        self.start = loop.time()
+        connect, handshake = options.phase_timeouts()
+        self.total_at = self.start + options.timeout
+        self.connect_at = min(self.total_at, self.start + connect)
+        self.handshake_timeout = handshake
+        self.resolved = self.connected = self.tls_start = self.established = None
+        self.phase = "lookup"
+
+    def saw(self, conn) -> None:
+        """Notes the moment the connection's state shows it connected."""
+        if self.connected is None and conn.state in ("handshaking", "established"):
+            self.connected = self.loop.time()
+            self.phase = "dialogue"
+            if conn.state == "handshaking":
+                self.tls_start, self.phase = self.connected, "handshake"
+
+    def deadline(self) -> float:
+        if self.connected is None:
+            return self.connect_at
+        return min(self.total_at, self.connected + self.handshake_timeout)
+
+    async def within(self, awaitable):
+        try:
+            async with asyncio.timeout_at(self.deadline()):
+                return await awaitable
+        except TimeoutError as exc:
+            if isinstance(exc, _e.StreamSocketError):
+                raise
+            what = {"lookup": "Name lookup", "connect": "Connection", "dialogue": "STARTTLS dialogue",
+                    "handshake": "TLS handshake"}[self.phase]
+            raise _e.error(_e.TIMEOUT, f"{what} timed out", 110) from None
+
+    def times(self) -> dict:
+        def span(a, b):
+            return (b - a) * 1000 if a is not None and b is not None else None
+        return {"resolve_ms": span(self.start, self.resolved), "connect_ms": span(self.resolved, self.connected),
+                "handshake_ms": span(self.tls_start, self.established),
+                "total_ms": (self.loop.time() - self.start) * 1000}
+
+
+class _AsyncProbe:
+    """The pure backend's engine: probes as tasks on one loop, at most
+    ``concurrency`` at once, started no faster than ``rate``."""
+
+    def __init__(self, loop, backend, source, context: Context, options: ProbeOptions) -> None:
+        self.loop = loop
+        self.backend = backend
+        self.source = source
+        self.context = context
+        self.options = options
+        self.running: set = set()
+        self.exhausted = False
+        self.tokens, self.tokens_at = 1.0, loop.time()
+        self.sessions: dict = {}
+
+    def _token_wait(self) -> float:
+        """0 when another probe may start now (and takes the token), else seconds to wait."""
+        rate = self.options.rate
+        if not rate:
+            return 0.0
+        now = self.loop.time()
+        self.tokens = min(max(1.0, rate / 100), self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate
+
+    async def next_results(self) -> list[ProbeResult] | None:
+        """The next finished probes, or None when every target is done."""
+        while True:
+            out: list[ProbeResult] = []
+            wait = 0.0
+            while not self.exhausted and len(self.running) < self.options.concurrency:
+                wait = self._token_wait()
+                if wait:
+                    break
+                item = next(self.source, None)
+                if item is None:
+                    self.exhausted = True
+                    break
+                index, text, address = item
+                if isinstance(address, _e.AddressError):
+                    out.append(_failed(index, text, None, address))
+                    continue
+                self.running.add(self.loop.create_task(self._probe(index, text, address)))
+            if out:
+                return out
+            if not self.running:
+                if self.exhausted:
+                    return None
+                await asyncio.sleep(wait)
+                continue
+            done, self.running = await asyncio.wait(self.running, timeout=wait or None,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                return [task.result() for task in done]
+
+    async def cancel(self) -> None:
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+
+    async def _probe(self, index: int, text: str, a: Address) -> ProbeResult:
+        clock = _Timeline(self.loop, self.options)
+        stream = None
+        try:
+            try:
+                tls, starttls_tls = _tls_for(self.backend, self.context, a, self.options)
+                stream = await self._connect(clock, a, tls)
+                greeting = b""
+                if starttls_tls is not None:
+                    greeting = await self._starttls(clock, stream, a, starttls_tls)
+                clock.established = self.loop.time()
+            except _e.StreamSocketError as exc:
+                return _failed(index, text, a, exc, **clock.times())
+            banner = await self._after(clock, stream, tls or starttls_tls, greeting[: self.options.banner])
+            s = stream._s
+            info = s.tls_info or {}
+            ders = s._conn.peer_certs(self.options.capture_chain) if s._conn.is_tls else []
+            return ProbeResult(
+                index=index, target=text, address=a, ok=True, error=None, error_class=None, errno=0, message="",
+                peer=s.peer_name, tls_version=info.get("protocol"), cipher=info.get("cipher_name"),
+                group=info.get("group"), alpn=info.get("alpn_protocol"),
+                session_reused=bool(info.get("session_reused")), banner=banner,
+                cert_der=ders[0] if ders else None, chain=tuple(ders), **clock.times(),
+            )
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _session_key(self, tls, a: Address) -> tuple:
+        return (id(tls), a.host, a.port, self.context.peer_name(a))
+
+    async def _drive(self, clock: _Timeline, stream) -> None:
+        """Steps the connection (connect, TLS handshake) to done within the deadlines."""
+        conn = stream._live()
+        while True:
+            rc = conn.step(None)
+            clock.saw(conn)
+            if rc == 0:
+                break
+            await clock.within(stream._waiter.wait(rc))
+        stream._s._after_handshake()  # peer_fingerprint, before any payload goes out
+
+    async def _connect(self, clock: _Timeline, a: Address, tls):
+        from . import aio
+
+        impl, ctx = self.backend._impl, self.context
+        hosts = [a.host]
+        if a.host is not None and ip_literal(a.host) is None:
+            hosts = await clock.within(aio._resolve(self.loop, a, None))
+        clock.resolved = self.loop.time()
+        clock.phase = "connect"
+        session = self.sessions.get(self._session_key(tls, a)) if tls is not None and self.options.resume else None
+        last: BaseException | None = None
+        for host in hosts:
+            # A name: connect to each address plainly, then TLS under the name.
+            target = a if host == a.host else Address(Transport.TCP, host, a.port)
+            conn = impl.open_client(target, ctx, tls if target is a else None)
+            conn.offer_session = session
+            stream = aio.AsyncStream(conn, self.backend, a, ctx, loop=self.loop)
+            stream._s._pending_context = None
+            try:
+                await self._drive(clock, stream)
+                if tls is not None and not conn.is_tls:
+                    clock.tls_start, clock.phase = self.loop.time(), "handshake"
+                    conn.offer_session = session
+                    conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
+                    await self._drive(clock, stream)
+            except _e.ConnectError as exc:
+                stream.close()
+                if clock.connected is not None:
+                    raise
+                last = exc
+                continue
+            except BaseException:
+                stream.close()
+                raise
+            self._remember(stream, tls, a)
+            return stream
+        assert last is not None
+        raise last
+
+    async def _starttls(self, clock: _Timeline, stream, a: Address, tls) -> bytes:
+        """The dialogue, then TLS; returns the server's greeting."""
+        dialogue = Dialogue(self.options.starttls)
+        conn, ctx = stream._live(), self.context
+        while not dialogue.ready:
+            out = dialogue.outgoing()
+            if out:
+                await clock.within(stream.write(out))
+            data = await clock.within(stream.read(4096))
+            if not data:
+                raise dialogue.eof()
+            dialogue.feed(data)
+        clock.tls_start, clock.phase = self.loop.time(), "handshake"
+        key = self._session_key(tls, a)
+        conn.offer_session = self.sessions.get(key) if self.options.resume else None
+        conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
+        await self._drive(clock, stream)
+        self._remember(stream, tls, a)
+        return dialogue.greeting
+
+    def _remember(self, stream, tls, a: Address) -> bool:
+        """Keeps the stream's TLS session for its target; True once kept (or nothing to keep)."""
+        conn = stream._s._conn
+        if not self.options.resume or tls is None or not conn.is_tls:
+            return True
+        session = conn.resumable_session()
+        if session is None:
+            return False
+        key = self._session_key(tls, a)
+        self.sessions.pop(key, None)
+        self.sessions[key] = session
+        if len(self.sessions) > SESSION_CACHE:
+            del self.sessions[next(iter(self.sessions))]  # the oldest
+        return True
+
+    async def _after(self, clock: _Timeline, stream, tls, banner: bytes) -> bytes:
+        """Payload, banner and session ticket: whatever comes before the deadline, an error or EOF."""
+        options = self.options
+        a = stream.address
+        try:
+            async with asyncio.timeout_at(clock.total_at):
+                if options.payload:
+                    await stream.write(options.payload)
+                if not options.starttls or options.payload:
+                    while len(banner) < options.banner:
+                        data = await stream.read(options.banner - len(banner))
+                        if not data:
+                            return banner
+                        banner += data
+            if tls is not None and not self._remember(stream, tls, a):
+                # TLS 1.3: the ticket follows the handshake; wait a little longer than a handshake.
+                spent = clock.established - (clock.tls_start or clock.established)
+                async with asyncio.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
+                    conn = stream._live()
+                    while not self._remember(stream, tls, a):
+                        want = conn.read(4096)  # takes in the ticket; data is not wanted any more
+                        if want == b"":
+                            break
+                        if type(want) is not bytes and not self._remember(stream, tls, a):
+                            await stream._waiter.wait(want)
+        except (_e.StreamSocketError, TimeoutError):
+            pass  # the banner is what came
+        return banner
+
+
+def _probe_asyncio(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
+    loop = asyncio.new_event_loop()
+    run = _AsyncProbe(loop, backend, _parsed(backend, targets, options), context, options)
+    try:
+        while True:
+            results = loop.run_until_complete(run.next_results())
+            if results is None:
+                return
+            yield from results
+    finally:
+        loop.run_until_complete(run.cancel())
+        loop.close()
