@@ -33,6 +33,7 @@
 #define SLOT_BITS 24 /* lookup tags carry the slot index in their low bits */
 #define DEFAULT_RESOLVER_THREADS 16
 #define SESSION_KEY_MAX 600
+#define BATCH_NS (10 * 1000000) /* results are held this long for more to join them */
 #define TICKET_WAIT_MIN_NS (50 * 1000000) /* plus twice the handshake: a TLS 1.3 ticket's wait */
 
 struct probe {
@@ -312,10 +313,14 @@ static int watch(ss_engine_t *e, struct probe *p, int want)
     if (fd == p->watched_fd && events == p->watched_events)
         return SS_OK;
     struct epoll_event ev = {.events = events, .data.ptr = p};
-    /* A socket closed by a failed connect attempt left the set by itself; its
-     * successor may even have the same number: MOD, else ADD. */
-    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_MOD, fd, &ev) < 0) {
-        if (errno != ENOENT || epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    /* A new fd is ADDed. A socket closed by a failed connect attempt left the
+     * set by itself and its successor may have the same number: MOD fails
+     * with ENOENT then, and it is ADDed too. */
+    int op = fd == p->watched_fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(e->epoll_fd, op, fd, &ev) < 0) {
+        int retry = op == EPOLL_CTL_MOD ? (errno == ENOENT ? EPOLL_CTL_ADD : -1)
+                                        : (errno == EEXIST ? EPOLL_CTL_MOD : -1);
+        if (retry < 0 || epoll_ctl(e->epoll_fd, retry, fd, &ev) < 0)
             return ss__fail(&p->conn->err, SS_ERR_SYSTEM, errno, "epoll_ctl failed: %s", strerror(errno));
     }
     p->watched_fd = fd;
@@ -635,6 +640,7 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
 {
     int64_t until = timeout_ms < 0 ? INT64_MAX : now_ns() + ms_to_ns(timeout_ms);
     uint32_t produced = 0, arena_used = 0;
+    int64_t first_result_ns = 0;
     struct epoll_event events[256];
     for (;;) {
         int64_t next_start = start_queued(e);
@@ -653,23 +659,28 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
                     next_deadline = d;
             }
             if (p->done && produced < cap) {
-                unwatch(e, p);
-                if (!report(e, p, &out[produced], arena, arena_cap, &arena_used))
-                    continue; /* arena full: next call */
+                if (!report(e, p, &out[produced], arena, arena_cap, &arena_used)) {
+                    unwatch(e, p); /* arena full: reported next call; quiet until then */
+                    continue;
+                }
+                if (!first_result_ns)
+                    first_result_ns = t;
                 produced++;
-                release_probe(p);
+                release_probe(p); /* closing the socket takes it out of the epoll set */
                 e->in_flight--;
             }
         }
         if (e->in_flight == 0 && e->queue_len == 0)
             return (int32_t)produced;
-        if (produced == cap || (produced && t >= until))
+        /* Results go back in batches: until the buffer is full, the caller's
+         * queue runs dry (it must hand over more) or a short wait has passed. */
+        if (produced && (produced == cap || e->queue_len == 0 || t >= until || t >= first_result_ns + BATCH_NS))
             return (int32_t)produced;
-        if (produced && e->in_flight < (uint32_t)e->opts.concurrency && e->queue_len && next_start == INT64_MAX)
-            continue; /* free slots and work queued: start it before returning */
+        if (e->in_flight < (uint32_t)e->opts.concurrency && e->queue_len && next_start == INT64_MAX)
+            continue; /* free slots and work queued: start it now */
         int64_t wait_until = next_deadline < until ? next_deadline : until;
-        if (produced)
-            wait_until = t; /* have results: just poll */
+        if (produced && first_result_ns + BATCH_NS < wait_until)
+            wait_until = first_result_ns + BATCH_NS;
         int wait_ms = wait_until == INT64_MAX ? -1 : (int)((wait_until - t + 999999) / 1000000);
         if (wait_ms < 0 && wait_until != INT64_MAX)
             wait_ms = 0;
@@ -683,8 +694,6 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
             else if (p->conn && !p->done)
                 p->done = advance(e, p);
         }
-        if (n <= 0 && produced)
-            return (int32_t)produced; /* nothing more ready right now */
         if (n <= 0 && produced == 0 && now_ns() >= until) {
             /* Time is up for this call unless something is due to report. */
             t = now_ns();

@@ -83,6 +83,7 @@ struct ss_tls_ctx {
     int verify_peer;
     int allow_self_signed;
     int verify_depth;
+    int free_idle_buffers;      /* SSL_free_buffers is safe in the linked OpenSSL */
     unsigned char *alpn;        /* server: our protocols, wire format */
     size_t alpn_len;
     size_t sni_count;

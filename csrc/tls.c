@@ -165,6 +165,25 @@ static int load_certificate(SSL_CTX *ssl_ctx, const char *cert, const char *key,
 }
 
 /* Settings shared by the main context and the per-SNI-name ones. */
+/* SSL_free_buffers could use freed memory before 3.0.14, 3.1.6, 3.2.2 and
+ * 3.3.1 (CVE-2024-4741). Versions are 0xMNN00PP0. */
+static int free_buffers_is_safe(unsigned long version)
+{
+    unsigned long major = version >> 28, minor = (version >> 20) & 0xff, patch = (version >> 4) & 0xff;
+    static const unsigned long fixed_patch[] = {14, 6, 2, 1}; /* for minor 0..3 */
+    return major > 3 || (major == 3 && (minor > 3 || patch >= fixed_patch[minor]));
+}
+
+/* A connection waiting to read hands OpenSSL's two record buffers (about 33 KB)
+ * back until data comes, so an idle or handshaking connection costs far less;
+ * they come back from malloc when the next record arrives. */
+static int waiting_to_read(ss_conn_t *conn)
+{
+    if (conn->tls->free_idle_buffers)
+        SSL_free_buffers(conn->ssl); /* refuses, harmlessly, while a record is half read */
+    return SS_WANT_READ;
+}
+
 static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_error_info_t *err)
 {
     SSL_CTX *c = SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
@@ -174,6 +193,9 @@ static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_err
     }
     SSL_CTX_set_app_data(c, ctx);
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    ctx->free_idle_buffers = free_buffers_is_safe(OpenSSL_version_num());
+    if (!ctx->free_idle_buffers)
+        SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS); /* part of the saving, on every version */
     /* A peer that closes without close_notify reads as end of stream, as in PHP. */
     long options = SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION;
     if (o->disable_compression)
@@ -422,7 +444,7 @@ int ss__tls_handshake(ss_conn_t *conn)
         return check_name_without_chain(conn);
     int e = SSL_get_error(conn->ssl, rc);
     if (e == SSL_ERROR_WANT_READ)
-        return SS_WANT_READ;
+        return waiting_to_read(conn);
     if (e == SSL_ERROR_WANT_WRITE)
         return SS_WANT_WRITE;
     int code = ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, rc, "TLS handshake failed");
@@ -497,6 +519,7 @@ int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len)
     case SSL_ERROR_ZERO_RETURN:
         return 0;
     case SSL_ERROR_WANT_READ:
+        waiting_to_read(conn);
         return SS_IO_WANT_READ;
     case SSL_ERROR_WANT_WRITE:
         return SS_IO_WANT_WRITE;

@@ -61,6 +61,15 @@ def _flights(leaf: trustme.LeafCert, max_version=None) -> tuple[bytes, bytes]:
     return to_client + s_out.read(), to_server
 
 
+#: Mode 4 seeds: each protocol's server side of the STARTTLS dialogue, then the TLS flight.
+STARTTLS_SERVER_SIDES = {
+    0: b"220 mail ESMTP\r\n250-mail\r\n250 STARTTLS\r\n220 go ahead\r\n",
+    1: b"* OK ready\r\n* CAPABILITY IMAP4rev1\r\na001 OK begin TLS\r\n",
+    2: b"+OK ready\r\n+OK begin TLS\r\n",
+    3: b"220-Welcome\r\n220 FTP ready\r\n234 AUTH TLS ok\r\n",
+}
+
+
 @pytest.fixture(scope="module")
 def fuzz_setup(tmp_path_factory):
     directory = tmp_path_factory.mktemp("fuzz_conn")
@@ -80,6 +89,9 @@ def fuzz_setup(tmp_path_factory):
         (seeds / f"starttls-{i}").write_bytes(bytes([1, 3]) + b"220 ready\r\n" + to_client)
         (seeds / f"server-{i}").write_bytes(bytes([2, 5]) + to_server)
     (seeds / "plain").write_bytes(bytes([3, 1]) + b"hello\r\nworld\r\n")
+    to_client, _ = _flights(leaf, None)
+    for protocol, dialogue in STARTTLS_SERVER_SIDES.items():  # byte 1 picks the protocol
+        (seeds / f"dialogue-{protocol}").write_bytes(bytes([4, protocol]) + dialogue + to_client)
     env = _sanitizer_env()
     env["STREAMSOCK_FUZZ_CERT"] = env["STREAMSOCK_FUZZ_KEY"] = str(pem)
     return binary, seeds, env

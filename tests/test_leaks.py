@@ -191,7 +191,7 @@ def test_probe_of_200k_lines_runs_in_bounded_memory(backend, tmp_path):
     for result in backend.probe(targets(), concurrency=concurrency, timeout=5):
         seen += 1
         assert result.errno == 111, result.message
-        assert read - seen <= 2 * concurrency + 1  # the file is read lazily: never far ahead
+        assert read - seen <= 2 * max(2 * concurrency, 256) + 2  # read lazily: the queue and buffer ahead
         if seen == 20_000:
             rss_early = measure()[1]
     grown = measure()[1] - rss_early

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from test_fuzz_conn import REGRESSIONS, _flights
+from test_fuzz_conn import REGRESSIONS, STARTTLS_SERVER_SIDES, _flights
 from test_url_c import CSRC, CTESTS, _env_number, _output, _seed_inputs
 
 CLANG = shutil.which("clang")
@@ -74,6 +74,8 @@ def test_libfuzzer_connection_state_machine(tmp_path):
     (corpus / "client").write_bytes(bytes([0, 7]) + to_client)
     (corpus / "starttls").write_bytes(bytes([1, 3]) + b"220 ready\r\n" + to_client)
     (corpus / "server").write_bytes(bytes([2, 5]) + to_server)
+    for protocol, dialogue in STARTTLS_SERVER_SIDES.items():
+        (corpus / f"dialogue-{protocol}").write_bytes(bytes([4, protocol]) + dialogue + to_client)
     for regression in REGRESSIONS.iterdir():
         shutil.copy(regression, corpus / regression.name)
     _fuzz(binary, corpus, tmp_path / "artifacts", {"STREAMSOCK_FUZZ_CERT": str(pem), "STREAMSOCK_FUZZ_KEY": str(pem)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 
 import pytest
@@ -77,9 +78,44 @@ def test_streamed_input_in_bounded_chunks(backend):
     for result in backend.probe(targets(), concurrency=50, timeout=5):
         seen += 1
         # the input is pulled lazily: never far ahead of what has been reported
-        assert len(handed) - seen <= 50 * 2 + 1
+        assert len(handed) - seen <= 2 * max(50 * 2, 256) + 2  # the engine's queue and the input buffer
         assert result.errno == 111
     assert seen == 3000
+
+
+def test_slow_input_holds_up_no_result(backend):
+    """A target source that pauses (a pipe, `tail -f`): what came before is probed
+    and reported meanwhile, at any concurrency."""
+    refused = refused_port()
+    release = threading.Event()
+
+    def targets():
+        yield from [f"127.0.0.1:{refused}"] * 3
+        release.wait(10)  # the pause, until the first three are reported
+        yield f"127.0.0.1:{refused}"
+
+    start = time.monotonic()
+    results = []
+    for result in backend.probe(targets(), concurrency=100, timeout=5):
+        results.append(result)
+        if len(results) == 3:
+            release.set()
+    assert [r.errno for r in results] == [111] * 4
+    assert time.monotonic() - start < 5
+
+
+def test_an_input_that_fails_raises_after_what_came_before(backend):
+    refused = refused_port()
+
+    def targets():
+        yield f"127.0.0.1:{refused}"
+        raise OSError("the target list broke")
+
+    seen = []
+    with pytest.raises(OSError, match="the target list broke"):
+        for result in backend.probe(targets(), concurrency=10, timeout=5):
+            seen.append(result)
+    assert len(seen) == 1
 
 
 def test_probe_options_are_checked(backend):

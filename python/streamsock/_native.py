@@ -555,9 +555,9 @@ class Engine:
         self._arena = ffi.new("unsigned char[]", _ARENA)
 
     def add(self, index: int, address: Address, context, tls, starttls_tls) -> None:
-        s = _Strings()
+        entry = _cached_options(address, context, tls)
         err = ffi.new("ss_error_info_t *")
-        conn = lib.ss_conn_client(_conn_options(address, context, tls, s), err)
+        conn = lib.ss_conn_client(entry[0], err)
         if conn == ffi.NULL:
             _raise_record(err)
         starttls = starttls_tls if starttls_tls is not None else ffi.NULL
@@ -567,29 +567,30 @@ class Engine:
     def pending(self) -> int:
         return lib.ss_engine_pending(self._h)
 
-    def run(self, timeout_ms: int) -> list[dict]:
+    def run(self, timeout_ms: int) -> list[tuple]:
+        """Finished probes as tuples: (id, ok, error, sys_errno, verify_result, message,
+        peer, protocol, cipher, group, alpn, session_reused, resolve_ms, connect_ms,
+        handshake_ms, total_ms, banner, certs); texts "" and times -1 when absent."""
         n = lib.ss_engine_run(self._h, timeout_ms, self._results, _RESULTS, self._arena, _ARENA)
         if n < 0:
             raise _e.error(n)
         arena = ffi.buffer(self._arena)
+        string = ffi.string
         out = []
         for i in range(n):
             r = self._results[i]
             certs = []
-            data = arena[r.certs_off : r.certs_off + r.certs_len]
-            at = 0
-            while at + 4 <= len(data):
-                size = int.from_bytes(data[at : at + 4], "little")
-                certs.append(bytes(data[at + 4 : at + 4 + size]))
+            at, end = r.certs_off, r.certs_off + r.certs_len
+            while at + 4 <= end:
+                size = int.from_bytes(arena[at : at + 4], "little")
+                certs.append(arena[at + 4 : at + 4 + size])
                 at += 4 + size
-            out.append({
-                "id": r.id, "ok": bool(r.ok), "error": r.error, "sys_errno": r.sys_errno,
-                "verify_result": r.verify_result, "message": _text(r.message), "protocol": _text(r.protocol),
-                "cipher": _text(r.cipher), "group": _text(r.group), "alpn": _text(r.alpn), "peer": _text(r.peer),
-                "resolve_ms": r.resolve_ms, "connect_ms": r.connect_ms, "handshake_ms": r.handshake_ms,
-                "total_ms": r.total_ms, "session_reused": bool(r.session_reused),
-                "banner": arena[r.banner_off : r.banner_off + r.banner_len], "certs": certs,
-            })
+            out.append((
+                r.id, bool(r.ok), r.error, r.sys_errno, r.verify_result, _text(r.message), string(r.peer).decode(),
+                string(r.protocol).decode(), string(r.cipher).decode(), string(r.group).decode(),
+                _text(r.alpn), bool(r.session_reused), r.resolve_ms, r.connect_ms, r.handshake_ms, r.total_ms,
+                arena[r.banner_off : r.banner_off + r.banner_len], certs,
+            ))
         return out
 
     def close(self) -> None:

@@ -258,8 +258,10 @@ def _add_probe_parser(sub) -> None:
                    help="connections in flight (default 100)")
     p.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
                    help="deadline for each whole target (default 5)")
-    p.add_argument("--connect-timeout", type=positive_float, metavar="S", help="deadline for the TCP connect")
-    p.add_argument("--handshake-timeout", type=positive_float, metavar="S", help="deadline for the TLS handshake")
+    p.add_argument("--connect-timeout", type=positive_float, metavar="S",
+                   help="deadline for the name lookup and the TCP connect (default: --timeout)")
+    p.add_argument("--handshake-timeout", type=positive_float, metavar="S",
+                   help="deadline from connected to TLS done, a STARTTLS dialogue included (default: --timeout)")
     p.add_argument("--rate", type=positive_float, metavar="R", help="at most R new connections per second")
     p.add_argument("--starttls", choices=STARTTLS_PROTOCOLS, metavar="PROTO",
                    help=f"upgrade tcp:// targets with STARTTLS ({', '.join(STARTTLS_PROTOCOLS)})")

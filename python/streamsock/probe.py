@@ -4,10 +4,11 @@ With the native backend one C engine (csrc/engine.c) drives every connection
 on epoll: name lookup (on resolver threads), connect, the TLS handshake for
 ssl://, tls:// and tlsv1.x:// targets or a STARTTLS dialogue then TLS for
 plain ones, an optional payload and a bounded banner read, each with its
-deadlines. Python hands targets over in bounded chunks and receives one
-record per finished target, so a file of millions of lines needs memory for
-the connections in flight only. The pure backend runs the same probe, phase
-for phase, on an asyncio event loop of its own.
+deadlines. The input is read on a thread of its own into a bounded buffer
+(_prefetch.py); Python hands targets over in chunks and receives one record
+per finished target, so a file of millions of lines needs memory for the
+connections in flight only. The pure backend runs the same probe, phase for
+phase, on an asyncio event loop of its own.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from typing import Iterable, Iterator
 from . import errors as _e
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
+from ._prefetch import END, Prefetch
 from .starttls import PROTOCOLS, Dialogue
 
 SESSION_CACHE = 1024  # TLS sessions kept with resume=True (one per target)
+QUEUED_AHEAD = 256    # targets the engine holds at least, so it seldom waits for Python
+INPUT_POLL = 0.02     # seconds between looks for new input while probes are in flight
+INPUT_POLL_MS = 20
 TICKET_WAIT_MIN = 0.050  # seconds, plus twice the handshake: as csrc/engine.c
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much per record
 class ProbeResult:
     """What happened to one target.
 
@@ -165,18 +170,17 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
     pins = context.ssl.get("peer_fingerprint")
     pins_text = ",".join(f"{alg}={digits}" for alg, digits in parse_fingerprint_spec(pins)) if pins else None
     engine = _native.Engine(options, pins_text, SESSION_CACHE if options.resume else 0)
-    meta: dict[int, tuple[str, Address]] = {}
-    source = _parsed(backend, targets, options)
-    exhausted = False
-    high_water = options.concurrency * 2  # targets handed to C ahead of time
+    meta: dict[int, tuple[str, Address]] = {}  # the targets handed to C, not yet reported
+    high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed to C ahead of time
+    source = Prefetch(_parsed(backend, targets, options), high_water)
     try:
         while True:
-            while not exhausted and engine.pending() < high_water:
-                item = next(source, None)
-                if item is None:
-                    exhausted = True
-                    break
-                index, text, address = item
+            # Hand over what has arrived; wait for input only when nothing is in flight.
+            items = source.take(high_water - len(meta), wait=0.0 if meta else INPUT_POLL)
+            if items is END and not meta:
+                source.check()  # an input that failed: after every target before the failure
+                return
+            for index, text, address in items if items is not END else ():
                 if isinstance(address, _e.AddressError):
                     yield _failed(index, text, None, address)
                     continue
@@ -187,12 +191,14 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
                     yield _failed(index, text, address, exc)
                     continue
                 meta[index] = (text, address)
-            if exhausted and engine.pending() == 0:
-                return
-            for record in engine.run(100):
-                text, address = meta.pop(record["id"])
+            if not meta:
+                continue
+            # While more input may come, return now and then to take it in.
+            for record in engine.run(100 if source.exhausted else INPUT_POLL_MS):
+                text, address = meta.pop(record[0])
                 yield _native_result(record, text, address)
     finally:
+        source.close()
         engine.close()
 
 
@@ -200,20 +206,17 @@ def _ms(value: float) -> float | None:
     return value if value >= 0 else None
 
 
-def _native_result(r: dict, text: str, address: Address) -> ProbeResult:
-    error_name = None
-    error_class = None
-    if r["error"]:
-        exc = _e.from_native(r["error"], r["sys_errno"], r["message"])
+def _native_result(record: tuple, text: str, address: Address) -> ProbeResult:
+    (index, ok, error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused,
+     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs) = record
+    error_name = error_class = None
+    if error:
+        exc = _e.from_native(error, sys_errno, message)
         error_name, error_class = exc.code, type(exc).__name__
-    certs = r["certs"]
     return ProbeResult(
-        index=r["id"], target=text, address=address, ok=r["ok"], error=error_name, error_class=error_class,
-        errno=r["sys_errno"], message=r["message"], peer=r["peer"], tls_version=r["protocol"] or None,
-        cipher=r["cipher"] or None, group=r["group"] or None, alpn=r["alpn"] or None,
-        verify_result=r["verify_result"], session_reused=r["session_reused"],
-        resolve_ms=_ms(r["resolve_ms"]), connect_ms=_ms(r["connect_ms"]), handshake_ms=_ms(r["handshake_ms"]),
-        total_ms=r["total_ms"], banner=r["banner"], cert_der=certs[0] if certs else None, chain=tuple(certs),
+        index, text, address, ok, error_name, error_class, sys_errno, message, peer, protocol or None,
+        cipher or None, group or None, alpn or None, verify_result, session_reused, _ms(resolve_ms),
+        _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None, tuple(certs),
     )
 
 
@@ -327,6 +330,7 @@ class _AsyncProbe:
         self.context = context
         self.options = options
         self.running: set = set()
+        self.held = None  # a target taken from the input, waiting for its start
         self.exhausted = False
         self.tokens, self.tokens_at = 1.0, loop.time()
         self.sessions: dict = {}
@@ -344,28 +348,41 @@ class _AsyncProbe:
             return 0.0
         return (1 - self.tokens) / rate
 
+    def _next_target(self):
+        """The next (index, text, address) from the input, held until it starts;
+        None when nothing has arrived yet (or ever will: see self.exhausted)."""
+        if self.held is None and not self.exhausted:
+            items = self.source.take(1)
+            if items is END:
+                self.exhausted = True
+            elif items:
+                self.held = items[0]
+        return self.held
+
     async def next_results(self) -> list[ProbeResult] | None:
         """The next finished probes, or None when every target is done."""
         while True:
             out: list[ProbeResult] = []
             wait = 0.0
-            while not self.exhausted and len(self.running) < self.options.concurrency:
-                wait = self._token_wait()
-                if wait:
-                    break
-                item = next(self.source, None)
+            while len(self.running) < self.options.concurrency:
+                item = self._next_target()
                 if item is None:
-                    self.exhausted = True
+                    wait = INPUT_POLL if not self.exhausted else 0.0
                     break
                 index, text, address = item
                 if isinstance(address, _e.AddressError):
+                    self.held = None
                     out.append(_failed(index, text, None, address))
                     continue
+                wait = self._token_wait()
+                if wait:
+                    break
+                self.held = None
                 self.running.add(self.loop.create_task(self._probe(index, text, address)))
             if out:
                 return out
             if not self.running:
-                if self.exhausted:
+                if self.exhausted and self.held is None:
                     return None
                 await asyncio.sleep(wait)
                 continue
@@ -527,13 +544,16 @@ class _AsyncProbe:
 
 def _probe_asyncio(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
     loop = asyncio.new_event_loop()
-    run = _AsyncProbe(loop, backend, _parsed(backend, targets, options), context, options)
+    source = Prefetch(_parsed(backend, targets, options), max(2 * options.concurrency, QUEUED_AHEAD))
+    run = _AsyncProbe(loop, backend, source, context, options)
     try:
         while True:
             results = loop.run_until_complete(run.next_results())
             if results is None:
+                source.check()  # an input that failed: after every target before the failure
                 return
             yield from results
     finally:
+        source.close()
         loop.run_until_complete(run.cancel())
         loop.close()

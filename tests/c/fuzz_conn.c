@@ -3,8 +3,10 @@
  * fed by a hostile peer. Each input is one conversation over a socketpair:
  *
  *   byte 0     mode: 0 TLS client, 1 STARTTLS client (plaintext line first),
- *              2 TLS server (needs STREAMSOCK_FUZZ_CERT / _KEY), 3 plaintext
- *   byte 1     chunking seed: how the peer's bytes are split into writes
+ *              2 TLS server (needs STREAMSOCK_FUZZ_CERT / _KEY), 3 plaintext,
+ *              4 the engine's STARTTLS dialogue (csrc/starttls.c), then TLS
+ *   byte 1     chunking seed: how the peer's bytes are split into writes;
+ *              in mode 4 also the protocol (smtp, imap, pop3, ftp)
  *   rest       what the peer sends, then it half-closes
  *
  * Invariants: every result is a want or a code in the error table; an error
@@ -19,7 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "streamsock.h"
+#include "internal.h" /* mode 4 drives starttls.c's dialogue directly */
 
 #define STEP_BUDGET 256
 
@@ -94,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     setup();
     if (size < 2)
         return 0;
-    int mode = data[0] % 4;
+    int mode = data[0] % 5;
     unsigned chunk_seed = data[1];
     const uint8_t *peer = data + 2;
     size_t peer_len = size - 2;
@@ -118,6 +120,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int starttls_started = 0;
     int last_error = 0;
     char buf[2048];
+    struct ss_starttls_dialogue dialogue;
+    ss__starttls_init(&dialogue, SS_STARTTLS_SMTP + (int)(chunk_seed % 4));
+    unsigned char greeting[256];
+    uint32_t greeting_len = 0;
     for (int step = 0; step < STEP_BUDGET; step++) {
         if (sent < peer_len) { /* the peer sends its next piece */
             size_t piece = 1 + (chunk_seed * 31u + (unsigned)step * 17u) % 700u;
@@ -134,7 +140,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         int64_t rc;
         int state = ss_conn_state(conn);
-        if (state == SS_STATE_ESTABLISHED && mode == 1 && !starttls_started) {
+        if (state == SS_STATE_ESTABLISHED && mode == 4 && !starttls_started) {
+            rc = ss__starttls_step(&dialogue, conn, greeting, &greeting_len, sizeof greeting);
+            check_result(rc, conn, data, size);
+            if (greeting_len > sizeof greeting)
+                die("greeting overflow", data, size);
+            if (rc == SS_DONE) {
+                starttls_started = 1;
+                rc = ss_conn_start_tls(conn, client_ctx, "localhost", 1, 1, NULL);
+                check_result(rc, conn, data, size);
+            }
+        } else if (state == SS_STATE_ESTABLISHED && mode == 1 && !starttls_started) {
             rc = ss_conn_read(conn, buf, 64); /* the plaintext "220 ready" line */
             check_result(rc, conn, data, size);
             if (rc > 0 && memchr(buf, '\n', (size_t)rc)) {
