@@ -8,7 +8,8 @@ asyncio + ssl, at concurrency 1, 10 and 100; then memory per connection.
 Throughput: every handshake is a full one (no resumption) to one
 ``openssl s_server -tls1_3`` process pinned to the last CPU, with every client
 pinned to the first and verifying the chain against the same CA and the name
-``localhost``. s_server serves one connection at a time, so the client's CPU
+``localhost``. Every client runs in a process of its own and times its own
+loop, after a warm-up (the C baseline after its SSL_CTX set-up). s_server serves one connection at a time, so the client's CPU
 per handshake stays on the critical path at every concurrency. Contenders
 alternate within each round so drift hits them alike; figures are medians
 over the rounds, and the run says how much CPU other processes took meanwhile.
@@ -141,14 +142,38 @@ def run_c_client(binary: str, port: int, cafile: str, count: int, concurrency: i
     return {"ok": figures["handshakes"], "seconds": figures["seconds"], "cpu_seconds": figures["cpu_seconds"]}
 
 
+PYTHON_CONTENDERS = {
+    NATIVE: lambda port, cafile, n, c: run_engine("native", port, cafile, n, c),
+    PURE: lambda port, cafile, n, c: run_engine("pure", port, cafile, n, c),
+    ASYNCIO: run_asyncio,
+}
+CHILD_WARMUP = 100  # handshakes a child makes before it times its loop
+
+
+def run_child(name: str, port: int, cafile: str, count: int, concurrency: int) -> dict:
+    """A Python contender in a process of its own, as the C baseline runs: a warm-up
+    (imports, lazy OpenSSL set-up), then its timed loop. Contenders sharing one
+    process would leave each other heaps, threads and OpenSSL state."""
+    out = subprocess.run([sys.executable, __file__, "--child", name, str(port), cafile, str(count), str(concurrency)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def child_main(name: str, port: str, cafile: str, count: str, concurrency: str) -> None:
+    run = PYTHON_CONTENDERS[name]
+    run(int(port), cafile, CHILD_WARMUP, 10)
+    print(json.dumps(measure_in_process(lambda: run(int(port), cafile, int(count), int(concurrency)))))
+
+
 def contenders(c_binary: str | None, port: int, cafile: str) -> dict:
     """name -> run(count, concurrency) -> {"ok", "seconds", "cpu_seconds"}."""
     runs = {}
     if c_binary:
         runs[C_BASELINE] = lambda n, c: run_c_client(c_binary, port, cafile, n, c)
-    runs[NATIVE] = lambda n, c: measure_in_process(lambda: run_engine("native", port, cafile, n, c))
-    runs[PURE] = lambda n, c: measure_in_process(lambda: run_engine("pure", port, cafile, n, c))
-    runs[ASYNCIO] = lambda n, c: measure_in_process(lambda: run_asyncio(port, cafile, n, c))
+    for name in PYTHON_CONTENDERS:
+        runs[name] = lambda n, c, name=name: run_child(name, port, cafile, n, c)
     return runs
 
 
@@ -335,4 +360,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        child_main(*sys.argv[2:])
+    else:
+        main()
