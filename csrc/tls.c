@@ -164,7 +164,6 @@ static int load_certificate(SSL_CTX *ssl_ctx, const char *cert, const char *key,
     return rc;
 }
 
-/* Settings shared by the main context and the per-SNI-name ones. */
 /* SSL_free_buffers could use freed memory before 3.0.14, 3.1.6, 3.2.2 and
  * 3.3.1 (CVE-2024-4741). Versions are 0xMNN00PP0. */
 static int free_buffers_is_safe(unsigned long version)
@@ -184,6 +183,7 @@ static int waiting_to_read(ss_conn_t *conn)
     return SS_WANT_READ;
 }
 
+/* Settings shared by the main context and the per-SNI-name ones. */
 static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_error_info_t *err)
 {
     SSL_CTX *c = SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
