@@ -237,7 +237,7 @@ def test_peer_fingerprint_is_checked_before_the_payload(backend, pki):
 def test_timings_are_phase_durations(backend, tls_server, pki):
     ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
     [r] = backend.probe([f"tls://127.0.0.1:{tls_server.port}"], context=ctx, timeout=5)
-    assert r.ok and r.resolve_ms >= 0 and r.connect_ms >= 0 and r.handshake_ms > 0
+    assert r.ok and r.resolve_ms >= 0 and r.connect_ms >= 0 and r.handshake_ms >= 0  # 0: done in one step
     assert r.resolve_ms + r.connect_ms + r.handshake_ms <= r.total_ms + 0.01
 
 

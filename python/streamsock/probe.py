@@ -292,7 +292,7 @@ class _Timeline:
         if self.connected is None and conn.state in ("handshaking", "established"):
             self.connected = self.loop.time()
             self.phase = "dialogue"
-            if conn.state == "handshaking":
+            if conn.state == "handshaking" or conn.is_tls:  # a fast peer: done in one step
                 self.tls_start, self.phase = self.connected, "handshake"
 
     def deadline(self) -> float:
