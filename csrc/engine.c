@@ -568,23 +568,40 @@ static void copy_field(char *out, size_t cap, const char *text)
     out[n] = '\0';
 }
 
-/* Writes the record; returns 0 when the arena is too full for its data. */
+/* Writes the record, its banner and certificates (4-byte little-endian length,
+ * DER) straight into the arena; returns 0 when the arena is too full for them
+ * (reported by the next call; an empty arena takes what fits). */
 static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigned char *arena, uint32_t arena_cap,
                   uint32_t *arena_used)
 {
-    uint32_t used = *arena_used;
-    uint32_t need = p->banner_len;
-    unsigned char der[16384];
-    for (int32_t i = 0; i < (e->opts.capture_chain ? 16 : 1); i++) {
-        int64_t len = ss_conn_peer_cert(p->conn, i, NULL, 0);
-        if (len <= 0 || len > (int64_t)sizeof der)
+    uint32_t start = *arena_used, used = start;
+    if (p->banner_len > arena_cap - used)
+        return 0; /* a banner is at most 64 KiB: it always fits an empty arena */
+    if (p->banner_len)
+        memcpy(arena + used, p->banner, p->banner_len);
+    used += p->banner_len;
+    uint32_t certs_off = used;
+    for (int32_t i = 0; i < (e->opts.capture_chain ? 16 : 1) && arena_cap - used > 4; i++) {
+        int64_t len = ss_conn_peer_cert(p->conn, i, arena + used + 4, arena_cap - used - 4);
+        if (len <= 0)
             break;
-        need += 4 + (uint32_t)len;
+        if ((uint64_t)len > arena_cap - used - 4) {
+            if (start > 0)
+                return 0;
+            break; /* larger than a whole arena: the chain is cut here */
+        }
+        uint32_t n = (uint32_t)len;
+        unsigned char prefix[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                                   (unsigned char)(n >> 24)};
+        memcpy(arena + used, prefix, 4);
+        used += 4 + n;
     }
-    if (used + need > arena_cap && used > 0)
-        return 0;
     memset(r, 0, sizeof *r);
     r->id = p->id;
+    r->banner_off = start;
+    r->banner_len = p->banner_len;
+    r->certs_off = certs_off;
+    r->certs_len = used - certs_off;
     r->ok = p->established_ns != 0;
     if (!r->ok) { /* after establishment nothing counts as a failure */
         ss_error_info_t err;
@@ -609,26 +626,6 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     r->session_reused = info.session_reused;
     if (ss_conn_name(p->conn, 1, r->peer, sizeof r->peer) < 0)
         r->peer[0] = '\0';
-    if (used + need <= arena_cap) {
-        r->banner_off = used;
-        r->banner_len = p->banner_len;
-        if (p->banner_len)
-            memcpy(arena + used, p->banner, p->banner_len);
-        used += p->banner_len;
-        r->certs_off = used;
-        for (int32_t i = 0; i < (e->opts.capture_chain ? 16 : 1); i++) {
-            int64_t len = ss_conn_peer_cert(p->conn, i, der, sizeof der);
-            if (len <= 0 || len > (int64_t)sizeof der)
-                break;
-            uint32_t n = (uint32_t)len;
-            unsigned char prefix[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
-                                       (unsigned char)(n >> 24)};
-            memcpy(arena + used, prefix, 4);
-            memcpy(arena + used + 4, der, n);
-            used += 4 + n;
-        }
-        r->certs_len = used - r->certs_off;
-    }
     *arena_used = used;
     return 1;
 }

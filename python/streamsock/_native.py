@@ -553,13 +553,13 @@ class Engine:
         self._h = ffi.gc(handle, lib.ss_engine_free)
         self._results = ffi.new("ss_probe_result_t[]", _RESULTS)
         self._arena = ffi.new("unsigned char[]", _ARENA)
+        self._err = ffi.new("ss_error_info_t *")  # one record for every add: the engine is single-threaded
 
     def add(self, index: int, address: Address, context, tls, starttls_tls) -> None:
         entry = _cached_options(address, context, tls)
-        err = ffi.new("ss_error_info_t *")
-        conn = lib.ss_conn_client(entry[0], err)
+        conn = lib.ss_conn_client(entry[0], self._err)
         if conn == ffi.NULL:
-            _raise_record(err)
+            _raise_record(self._err)
         starttls = starttls_tls if starttls_tls is not None else ffi.NULL
         if lib.ss_engine_add(self._h, index, conn, starttls) < 0:
             raise MemoryError("streamsock engine: out of memory")
