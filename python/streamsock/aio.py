@@ -247,33 +247,11 @@ class AsyncStream:
         :meth:`Stream.enable_crypto`; plaintext already buffered when TLS
         starts is refused (SS_ERR_STARTTLS_BUFFERED). Cancelled during the
         handshake, the stream is closed."""
-        conn = self._claim(True, True)
+        self._claim(True, True)
         s = self._s
         try:
-            if enable:
-                if conn.is_tls:
-                    raise _e.error(_e.TLS_ACTIVE)
-                if s.address.transport not in (Transport.TCP,) and not s.address.secure:
-                    raise _e.error(
-                        _e.UNSUPPORTED,
-                        f"TLS needs a tcp stream; {s.address.transport.value} streams cannot enable crypto",
-                    )
-                if s._rbuf:
-                    raise _e.error(_e.STARTTLS_BUFFERED, None, 0)
-                server = s._server_side if method is None else not (method & 1)
-                tls = s.context.tls_context(s._backend, server, None, method)
-                session = None
-                if session_stream is not None:
-                    other = session_stream._s if isinstance(session_stream, AsyncStream) else session_stream
-                    if other.context.peer_name(other.address) != s.context.peer_name(s.address):
-                        raise ValueError("session_stream was made for another peer name")
-                    session = other._conn
-                conn.start_tls(tls, s.context.peer_name(s.address), s.context.verify_peer_name,
-                               s.context.sni_enabled, session)
-            else:
-                if not conn.is_tls:
-                    raise _e.error(_e.STATE, "cannot disable crypto: TLS is not enabled")
-                conn.stop_tls()
+            other = session_stream._s if isinstance(session_stream, AsyncStream) else session_stream
+            s._begin_crypto_change(enable, method, other)
             s._pending_context = "Failed to enable crypto"
             try:
                 await self._handshake()

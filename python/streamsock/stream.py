@@ -423,35 +423,39 @@ class Stream:
         try:
             if pending:
                 return True  # _enter just finished it
-            conn = self._conn
-            if enable:
-                if conn.is_tls:
-                    raise _e.error(_e.TLS_ACTIVE)
-                if self.address.transport not in (Transport.TCP,) and not self.address.secure:
-                    raise _e.error(
-                        _e.UNSUPPORTED, f"TLS needs a tcp stream; {self.address.transport.value} streams cannot enable crypto"
-                    )
-                if self._rbuf:
-                    raise _e.error(_e.STARTTLS_BUFFERED, None, 0)
-                server = self._server_side if method is None else not (method & 1)
-                tls = self.context.tls_context(self._backend, server, None, method)
-                session = None
-                if session_stream is not None:
-                    # A resumed session skips certificate checks: only for the same peer.
-                    if session_stream.context.peer_name(session_stream.address) != self.context.peer_name(
-                        self.address
-                    ):
-                        raise ValueError("session_stream was made for another peer name")
-                    session = session_stream._conn
-                conn.start_tls(tls, self.context.peer_name(self.address), self.context.verify_peer_name,
-                               self.context.sni_enabled, session)
-                return self._drive_handshake()
-            if not conn.is_tls:
-                raise _e.error(_e.STATE, "cannot disable crypto: TLS is not enabled")
-            conn.stop_tls()
+            self._begin_crypto_change(enable, method, session_stream)
             return self._drive_handshake()
         finally:
             self._leave()
+
+    def _begin_crypto_change(self, enable: bool, method: int | None, session_stream: "Stream | None") -> None:
+        """enable_crypto's checks, then the change started on the connection: a
+        STARTTLS handshake or a TLS shutdown, which the caller drives (blocking,
+        non-blocking or asyncio)."""
+        conn = self._conn
+        if not enable:
+            if not conn.is_tls:
+                raise _e.error(_e.STATE, "cannot disable crypto: TLS is not enabled")
+            conn.stop_tls()
+            return
+        if conn.is_tls:
+            raise _e.error(_e.TLS_ACTIVE)
+        if self.address.transport not in (Transport.TCP,) and not self.address.secure:
+            raise _e.error(
+                _e.UNSUPPORTED, f"TLS needs a tcp stream; {self.address.transport.value} streams cannot enable crypto"
+            )
+        if self._rbuf:
+            raise _e.error(_e.STARTTLS_BUFFERED, None, 0)
+        server = self._server_side if method is None else not (method & 1)
+        tls = self.context.tls_context(self._backend, server, None, method)
+        session = None
+        if session_stream is not None:
+            # A resumed session skips certificate checks: only for the same peer.
+            if session_stream.context.peer_name(session_stream.address) != self.context.peer_name(self.address):
+                raise ValueError("session_stream was made for another peer name")
+            session = session_stream._conn
+        conn.start_tls(tls, self.context.peer_name(self.address), self.context.verify_peer_name,
+                       self.context.sni_enabled, session)
 
     def _drive_handshake(self) -> bool:
         self._pending_context = "Failed to enable crypto"
