@@ -1,4 +1,6 @@
-"""probe()'s input, pulled on a thread of its own into a bounded buffer.
+"""An iterator pulled on a thread of its own into a bounded buffer: probe()'s
+input, and the pure backend's whole probe when it is called from inside a
+running event loop.
 
 The targets may come from anything: a list, a file of millions of lines, or a
 pipe that delivers a line now and then (``tail -f targets | streamsock probe

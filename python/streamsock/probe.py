@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import queue
-import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -149,7 +147,7 @@ def probe(backend, targets: Iterable[str | Address], context: Context | None = N
     if backend.name == "native":
         return _probe_native(backend, targets, context, options)
     if _running_loop() is not None:  # our loop cannot run inside the caller's
-        return _in_thread(lambda: _probe_asyncio(backend, targets, context, options))
+        return _in_thread(_probe_asyncio(backend, targets, context, options))
     return _probe_asyncio(backend, targets, context, options)
 
 
@@ -230,47 +228,16 @@ def _running_loop():
         return None
 
 
-def _in_thread(make: callable) -> Iterator[ProbeResult]:
-    """Runs the generator make() on a thread of its own and yields what it yields
-    (for callers inside a running event loop); stops it when closed early."""
-    results: queue.Queue = queue.Queue(maxsize=256)
-    stop = threading.Event()
-    end = object()
-
-    def work() -> None:
-        item: object = end
-        try:
-            for result in make():
-                while not stop.is_set():
-                    try:
-                        results.put(result, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as exc:  # handed to the consumer
-            item = exc
-        while not stop.is_set():
-            try:
-                results.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    thread = threading.Thread(target=work, name="streamsock-probe", daemon=True)
-    thread.start()
+def _in_thread(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
+    """Runs ``results`` on a thread of its own (for callers inside a running event
+    loop, where our loop cannot run) and yields what it yields."""
+    source = Prefetch(results, QUEUED_AHEAD)
     try:
-        while True:
-            item = results.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while (items := source.take(QUEUED_AHEAD, wait=INPUT_POLL)) is not END:
+            yield from items
+        source.check()
     finally:
-        stop.set()
-        thread.join()
+        source.close()
 
 
 class _Timeline:
