@@ -153,7 +153,17 @@ def _hard_shutdown(sock) -> None:
 
 
 class _Peer:
-    """Context-manager protocol shared by all peers: __enter__ -> start(), __exit__ -> close()."""
+    """Context-manager protocol shared by all peers: __enter__ -> start(), __exit__ -> close();
+    and their address: ``address`` ("127.0.0.1:PORT" / "[::1]:PORT"), ``url(scheme)``."""
+
+    scheme = "tcp"  # url()'s default
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
+
+    def url(self, scheme: Optional[str] = None) -> str:
+        return f"{scheme or self.scheme}://{self.address}"
 
     def start(self):  # pragma: no cover - overridden
         return self
@@ -448,14 +458,6 @@ class _StreamServer(_Peer):
     def port(self) -> int:
         return self._sockname[1]
 
-    @property
-    def address(self) -> str:
-        """"127.0.0.1:PORT" / "[::1]:PORT" (for inet servers)."""
-        return format_address(self.host, self.port)
-
-    def url(self, scheme: str = "tcp") -> str:
-        return f"{scheme}://{self.address}"
-
     def wait_for_connections(self, n: int = 1, timeout: float = 5.0, *, finished: bool = True) -> list:
         """Wait until at least n connections were accepted (and, by default, their handlers
         finished); returns the connection records.  Raises AssertionError on timeout."""
@@ -738,6 +740,8 @@ class OpenSSLServer(_Peer):
     line.  No probe connection is made because it would count against -naccept.
     """
 
+    scheme = "tls"
+
     MODES = ("www", "rev", "sink")
 
     def __init__(self, certfile: str, keyfile: Optional[str] = None, *, host: str = LOOPBACK4,
@@ -791,13 +795,6 @@ class OpenSSLServer(_Peer):
         self._final_out: Optional[bytes] = None
         self._final_err: Optional[bytes] = None
         self._closed = False
-
-    @property
-    def address(self) -> str:
-        return format_address(self.host, self.port)
-
-    def url(self, scheme: str = "tls") -> str:
-        return f"{scheme}://{self.address}"
 
     @property
     def stdout(self) -> bytes:
@@ -1263,13 +1260,6 @@ class FullBacklogListener(_Peer):
         self.filled = 0
         self.port: Optional[int] = None
 
-    @property
-    def address(self) -> str:
-        return format_address(self.host, self.port)
-
-    def url(self, scheme: str = "tcp") -> str:
-        return f"{scheme}://{self.address}"
-
     def start(self):
         self._listener = socket.socket(self.family, socket.SOCK_STREAM)
         self._listener.bind((self.host, 0))
@@ -1373,6 +1363,8 @@ class UDPEchoServer(_DatagramEcho):
     """UDP echo on 127.0.0.1 or ::1.  UDPEchoServer(host="127.0.0.1", port=0);
     .host .port .address ("127.0.0.1:PORT" / "[::1]:PORT") .url("udp") .received"""
 
+    scheme = "udp"
+
     def __init__(self, host: str = LOOPBACK4, port: int = 0):
         super().__init__(_family_for(host), (host, port))
         self.host = host
@@ -1381,12 +1373,6 @@ class UDPEchoServer(_DatagramEcho):
     def port(self) -> int:
         return self._sockname[1]
 
-    @property
-    def address(self) -> str:
-        return format_address(self.host, self.port)
-
-    def url(self, scheme: str = "udp") -> str:
-        return f"{scheme}://{self.address}"
 
 
 class _UnixAddress:
@@ -1433,6 +1419,8 @@ class UnixEchoServer(_UnixAddress, _StreamServer):
     """Unix stream-socket echo.  UnixEchoServer(path=None, *, abstract=None).
     .path / .abstract / .sockaddr; ``connections`` as for the TCP servers."""
 
+    scheme = "unix"
+
     def __init__(self, path: Optional[str] = None, *, abstract: Union[str, bool, None] = None,
                  io_timeout: float = IO_TIMEOUT):
         self._init_address(path, abstract, "echo.sock")
@@ -1441,9 +1429,6 @@ class UnixEchoServer(_UnixAddress, _StreamServer):
     @property
     def port(self):  # no port for unix sockets
         raise AttributeError("unix sockets have no port")
-
-    def url(self, scheme: str = "unix") -> str:
-        return f"{scheme}://{self.sockaddr}"
 
     def _handle(self, record: ConnectionRecord):
         sock = record.sock
@@ -1463,12 +1448,11 @@ class UdgEchoServer(_UnixAddress, _DatagramEcho):
     Replies go to the sender's bound address: a client must bind() (a path, an abstract
     name, or autobind with bind("")) to receive them."""
 
+    scheme = "udg"
+
     def __init__(self, path: Optional[str] = None, *, abstract: Union[str, bool, None] = None):
         self._init_address(path, abstract, "echo.dgram")
         _DatagramEcho.__init__(self, socket.AF_UNIX, self.sockaddr)
-
-    def url(self, scheme: str = "udg") -> str:
-        return f"{scheme}://{self.sockaddr}"
 
     def _cleanup(self) -> None:
         self._remove_address()
