@@ -564,9 +564,6 @@ class Engine:
         if lib.ss_engine_add(self._h, index, conn, starttls) < 0:
             raise MemoryError("streamsock engine: out of memory")
 
-    def pending(self) -> int:
-        return lib.ss_engine_pending(self._h)
-
     def run(self, timeout_ms: int) -> list[tuple]:
         """Finished probes as tuples: (id, ok, error, sys_errno, verify_result, message,
         peer, protocol, cipher, group, alpn, session_reused, resolve_ms, connect_ms,
