@@ -228,6 +228,19 @@ void ss_conn_close(ss_conn_t *conn)
     conn->state = SS_STATE_CLOSED;
 }
 
+void ss__conn_hang_up(ss_conn_t *conn)
+{
+    if (conn->ssl) {
+        if (conn->state == SS_STATE_ESTABLISHED)
+            ss__tls_notify_close(conn);
+        ss__tls_silence(conn);
+    }
+    if (conn->fd >= 0) {
+        close(conn->fd);
+        conn->fd = -1;
+    }
+}
+
 void ss_conn_free(ss_conn_t *conn)
 {
     if (!conn)

@@ -11,16 +11,21 @@
  * wait for. A connection may change sockets while it tries each resolved
  * address, so the registered fd is re-checked after every step. Host names
  * go to the resolver's threads (resolver.c) so a slow lookup never stalls
- * the loop; its eventfd sits on the same epoll set. Deadlines are per phase
+ * the loop; its eventfd sits on the same epoll set, as does the one by which
+ * ss_engine_interrupt makes a run return from another thread (engine_thread.c
+ * runs the engine on a thread of its own). Deadlines are per phase
  * (connect, handshake) and for the whole probe; a rate limit (token bucket)
  * spaces new connections; a session cache offers repeat targets their last
- * TLS session. Finished probes are reported as fixed-size records whose
- * variable parts go into the caller's arena.
+ * TLS session. A probe hangs up as soon as it finishes, and is reported
+ * as a fixed-size record whose variable parts go into the caller's arena.
+ * Bookkeeping (free slots, finished probes, the next deadline) is kept so
+ * that a loop turn costs what happened in it, not the concurrency.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +49,7 @@ struct probe {
     int64_t connected_ns;   /* 0 until connected */
     int64_t tls_start_ns;   /* 0 until a TLS handshake starts */
     int64_t established_ns; /* 0 until connected with TLS/STARTTLS done */
+    int64_t finished_ns;    /* 0 until done */
     uint64_t lookup_tag;    /* != 0 while waiting for the resolver */
     int watched_fd;         /* fd registered with epoll, or -1 */
     uint32_t watched_events;
@@ -53,6 +59,7 @@ struct probe {
     struct ss_starttls_dialogue *dialogue; /* while the STARTTLS dialogue runs */
     ss_tls_ctx_t *starttls_tls;   /* reference; TLS to start after it */
     int session_saved;
+    char peer[64]; /* the address connected to, taken before hanging up */
     int done;
     int error; /* set when the engine itself ends the probe (timeout) */
 };
@@ -64,11 +71,18 @@ struct session_entry {
 
 struct ss_engine {
     int epoll_fd;
+    int wake_fd; /* eventfd: ss_engine_interrupt, from any thread */
     ss_engine_options_t opts;
     char *payload;
     char *pins; /* copy of opts.peer_fingerprint */
     struct probe *slots; /* concurrency entries; conn == NULL is free */
     uint32_t in_flight;
+    /* So that a loop turn costs what happened, not the concurrency: */
+    uint32_t *free_slots; /* stack of free slot indexes */
+    uint32_t free_count;
+    uint32_t *finished;   /* slots done and not reported yet */
+    uint32_t finished_count;
+    int64_t next_deadline; /* no probe in flight is due before this */
     struct probe *queue; /* FIFO of probes not started yet */
     uint32_t queue_head, queue_len, queue_cap;
     ss_resolver_t *resolver; /* created at the first host name */
@@ -109,10 +123,15 @@ ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err
     if (!e)
         goto nomem;
     e->opts = *opts;
-    e->epoll_fd = -1;
+    e->epoll_fd = e->wake_fd = -1;
     e->slots = calloc((size_t)opts->concurrency, sizeof *e->slots);
-    if (!e->slots)
+    e->free_slots = malloc((size_t)opts->concurrency * sizeof *e->free_slots);
+    e->finished = malloc((size_t)opts->concurrency * sizeof *e->finished);
+    if (!e->slots || !e->free_slots || !e->finished)
         goto nomem;
+    for (int32_t i = 0; i < opts->concurrency; i++) /* slot 0 on top */
+        e->free_slots[e->free_count++] = (uint32_t)(opts->concurrency - 1 - i);
+    e->next_deadline = INT64_MAX;
     if (opts->payload_len) {
         e->payload = malloc(opts->payload_len);
         if (!e->payload)
@@ -128,8 +147,10 @@ ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err
     e->tokens = 1.0;
     e->tokens_at = now_ns();
     e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-    if (e->epoll_fd < 0) {
-        ss__fail(err, SS_ERR_SYSTEM, errno, "epoll_create1 failed: %s", strerror(errno));
+    e->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event wake = {.events = EPOLLIN, .data.ptr = &e->wake_fd};
+    if (e->epoll_fd < 0 || e->wake_fd < 0 || epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, e->wake_fd, &wake) < 0) {
+        ss__fail(err, SS_ERR_SYSTEM, errno, "cannot set up the engine's epoll set: %s", strerror(errno));
         ss_engine_free(e);
         return NULL;
     }
@@ -168,10 +189,14 @@ void ss_engine_free(ss_engine_t *e)
     ss__resolver_free(e->resolver);
     free(e->queue);
     free(e->slots);
+    free(e->free_slots);
+    free(e->finished);
     free(e->payload);
     free(e->pins);
     if (e->epoll_fd >= 0)
         close(e->epoll_fd);
+    if (e->wake_fd >= 0)
+        close(e->wake_fd);
     free(e);
 }
 
@@ -205,6 +230,19 @@ int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *st
 uint32_t ss_engine_pending(const ss_engine_t *e)
 {
     return e->in_flight + e->queue_len;
+}
+
+uint32_t ss__engine_queued(const ss_engine_t *e)
+{
+    return e->queue_len;
+}
+
+void ss_engine_interrupt(ss_engine_t *e)
+{
+    uint64_t one = 1;
+    /* Only EAGAIN can fail here (the counter is full): it is readable then anyway. */
+    ssize_t n = write(e->wake_fd, &one, sizeof one);
+    (void)n;
 }
 
 /* ---- the session cache: one slot per key hash, newest wins ---------------- */
@@ -328,13 +366,6 @@ static int watch(ss_engine_t *e, struct probe *p, int want)
     return SS_OK;
 }
 
-static void unwatch(ss_engine_t *e, struct probe *p)
-{
-    if (p->watched_fd >= 0 && p->watched_fd == ss_conn_fd(p->conn))
-        epoll_ctl(e->epoll_fd, EPOLL_CTL_DEL, p->watched_fd, NULL);
-    p->watched_fd = -1;
-}
-
 /* 0 to wait for `io` (an SS_IO_WANT_* or SS_WANT_* value), 1 when that failed. */
 static int wait_for(ss_engine_t *e, struct probe *p, int64_t io)
 {
@@ -343,6 +374,36 @@ static int wait_for(ss_engine_t *e, struct probe *p, int64_t io)
 }
 
 /* ---- moving a probe on --------------------------------------------------- */
+
+static int64_t deadline_of(const ss_engine_t *e, const struct probe *p);
+
+/* A probe has finished: it hangs up at once (the server is not kept waiting
+ * for the caller to take the result, nor the socket held) and waits in
+ * `finished` to be reported. */
+static void finish(ss_engine_t *e, struct probe *p)
+{
+    p->done = 1;
+    p->finished_ns = now_ns();
+    if (ss_conn_name(p->conn, 1, p->peer, sizeof p->peer) < 0)
+        p->peer[0] = '\0';
+    ss__conn_hang_up(p->conn); /* closing the socket takes it out of the epoll set */
+    p->watched_fd = -1;
+    e->finished[e->finished_count++] = (uint32_t)(p - e->slots);
+}
+
+static int advance(ss_engine_t *e, struct probe *p);
+
+/* Advances a probe after an event; a phase it enters may bring its deadline closer. */
+static void step(ss_engine_t *e, struct probe *p)
+{
+    if (advance(e, p)) {
+        finish(e, p);
+        return;
+    }
+    int64_t d = deadline_of(e, p);
+    if (d < e->next_deadline)
+        e->next_deadline = d;
+}
 
 static int wants_banner(const ss_engine_t *e, const struct probe *p)
 {
@@ -437,12 +498,13 @@ static void start_probe(ss_engine_t *e, struct probe *p, uint32_t slot)
 {
     ss_conn_t *c = p->conn;
     p->start_ns = now_ns();
+    c->read_ahead = 1; /* a probe never goes back to plaintext */
     offer_session(e, p);
     int is_name = c->state == SS_STATE_RESOLVE && c->host && c->transport != SS_TRANSPORT_UNIX &&
                   c->transport != SS_TRANSPORT_UDG && !ss__is_ip_literal(c->host);
     if (!is_name) {
         p->resolved_ns = p->start_ns;
-        p->done = advance(e, p);
+        step(e, p);
         return;
     }
     if (!e->resolver) {
@@ -457,10 +519,13 @@ static void start_probe(ss_engine_t *e, struct probe *p, uint32_t slot)
     uint64_t tag = (++e->lookup_seq << SLOT_BITS) | slot;
     if (!e->resolver || ss__resolver_submit(e->resolver, tag, c->host, c->port, c->socktype) != SS_OK) {
         ss__conn_fail(c, ss__fail(&c->err, SS_ERR_NOMEM, ENOMEM, "cannot start a name lookup: out of memory"));
-        p->done = 1;
+        finish(e, p);
         return;
     }
     p->lookup_tag = tag;
+    int64_t d = deadline_of(e, p);
+    if (d < e->next_deadline)
+        e->next_deadline = d;
 }
 
 /* Hands finished lookups to their probes (a lookup whose probe has timed out is dropped). */
@@ -474,11 +539,11 @@ static void take_lookups(ss_engine_t *e)
             p->resolved_ns = now_ns();
             if (item->gai_rc != 0) {
                 ss__conn_fail(p->conn, ss__resolve_failed(p->conn, item->host, item->gai_rc, item->sys_errno));
-                p->done = 1;
+                finish(e, p);
             } else {
                 p->conn->ai_list = item->result; /* the conn owns it now */
                 item->result = NULL;
-                p->done = advance(e, p);
+                step(e, p);
             }
         }
         ss__lookup_free(item);
@@ -501,9 +566,9 @@ static int64_t deadline_of(const ss_engine_t *e, const struct probe *p)
     return phase < total ? phase : total;
 }
 
-static void expire(struct probe *p)
+static void expire(ss_engine_t *e, struct probe *p)
 {
-    p->done = 1;
+    finish(e, p);
     if (p->established_ns)
         return; /* the banner (or ticket) wait ends; the probe itself succeeded */
     const char *what = p->lookup_tag       ? "Name lookup timed out"
@@ -537,19 +602,35 @@ static int take_token(ss_engine_t *e, int64_t now, int64_t *next)
 static int64_t start_queued(ss_engine_t *e)
 {
     int64_t next = INT64_MAX;
-    for (int32_t i = 0; i < e->opts.concurrency && e->queue_len; i++) {
+    while (e->free_count && e->queue_len && take_token(e, now_ns(), &next)) {
+        uint32_t i = e->free_slots[--e->free_count];
         struct probe *slot = &e->slots[i];
-        if (slot->conn)
-            continue;
-        if (!take_token(e, now_ns(), &next))
-            break;
         *slot = e->queue[e->queue_head];
         e->queue_head = (e->queue_head + 1) % e->queue_cap;
         e->queue_len--;
         e->in_flight++;
-        start_probe(e, slot, (uint32_t)i);
+        start_probe(e, slot, i);
     }
     return next;
+}
+
+/* Ends the probes whose deadline has passed; returns the next deadline. */
+static int64_t expire_due(ss_engine_t *e, int64_t now)
+{
+    if (now < e->next_deadline)
+        return e->next_deadline;
+    int64_t next = INT64_MAX;
+    for (int32_t i = 0; i < e->opts.concurrency; i++) {
+        struct probe *p = &e->slots[i];
+        if (!p->conn || p->done)
+            continue;
+        int64_t d = deadline_of(e, p);
+        if (d <= now)
+            expire(e, p);
+        else if (d < next)
+            next = d;
+    }
+    return e->next_deadline = next;
 }
 
 /* ---- reporting ----------------------------------------------------------- */
@@ -612,11 +693,10 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
         copy_field(r->message, sizeof r->message, err.code ? err.message : "");
     }
     r->state = ss_conn_state(p->conn);
-    int64_t end = now_ns();
     r->resolve_ms = elapsed_ms(p->start_ns, p->resolved_ns);
     r->connect_ms = elapsed_ms(p->resolved_ns, p->connected_ns);
     r->handshake_ms = elapsed_ms(p->tls_start_ns, p->established_ns);
-    r->total_ms = elapsed_ms(p->start_ns, end);
+    r->total_ms = elapsed_ms(p->start_ns, p->finished_ns);
     ss_tls_info_t info;
     ss_conn_tls_info(p->conn, &info);
     copy_field(r->protocol, sizeof r->protocol, info.protocol);
@@ -624,8 +704,7 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     copy_field(r->group, sizeof r->group, info.group);
     copy_field(r->alpn, sizeof r->alpn, info.alpn);
     r->session_reused = info.session_reused;
-    if (ss_conn_name(p->conn, 1, r->peer, sizeof r->peer) < 0)
-        r->peer[0] = '\0';
+    memcpy(r->peer, p->peer, sizeof r->peer);
     *arena_used = used;
     return 1;
 }
@@ -643,36 +722,33 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
         int64_t next_start = start_queued(e);
         /* Expire what is due; report what has finished, as room allows. */
         int64_t t = now_ns();
-        int64_t next_deadline = next_start;
-        for (int32_t i = 0; i < e->opts.concurrency; i++) {
+        int64_t next_deadline = expire_due(e, t);
+        if (next_start < next_deadline)
+            next_deadline = next_start;
+        uint32_t kept = 0;
+        for (uint32_t k = 0; k < e->finished_count; k++) {
+            uint32_t i = e->finished[k];
             struct probe *p = &e->slots[i];
-            if (!p->conn)
+            if (produced == cap || !report(e, p, &out[produced], arena, arena_cap, &arena_used)) {
+                e->finished[kept++] = i; /* no room left: reported by a later call */
                 continue;
-            if (!p->done) {
-                int64_t d = deadline_of(e, p);
-                if (d <= t)
-                    expire(p);
-                else if (d < next_deadline)
-                    next_deadline = d;
             }
-            if (p->done && produced < cap) {
-                if (!report(e, p, &out[produced], arena, arena_cap, &arena_used)) {
-                    unwatch(e, p); /* arena full: reported next call; quiet until then */
-                    continue;
-                }
-                if (!first_result_ns)
-                    first_result_ns = t;
-                produced++;
-                release_probe(p); /* closing the socket takes it out of the epoll set */
-                e->in_flight--;
-            }
+            if (!first_result_ns)
+                first_result_ns = t;
+            produced++;
+            release_probe(p);
+            e->free_slots[e->free_count++] = i;
+            e->in_flight--;
         }
+        e->finished_count = kept;
         if (e->in_flight == 0 && e->queue_len == 0)
             return (int32_t)produced;
         /* Results go back in batches: until the buffer is full, the caller's
          * queue runs dry (it must hand over more) or a short wait has passed. */
-        if (produced && (produced == cap || e->queue_len == 0 || t >= until || t >= first_result_ns + BATCH_NS))
+        if (produced && (produced == cap || e->queue_len == 0 || t >= until || t >= first_result_ns + BATCH_NS)) {
+            start_queued(e); /* the slots just freed get their next probe before the caller's turn */
             return (int32_t)produced;
+        }
         if (e->in_flight < (uint32_t)e->opts.concurrency && e->queue_len && next_start == INT64_MAX)
             continue; /* free slots and work queued: start it now */
         int64_t wait_until = next_deadline < until ? next_deadline : until;
@@ -684,20 +760,23 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
         int n = epoll_wait(e->epoll_fd, events, (int)(sizeof events / sizeof events[0]), wait_ms);
         if (n < 0 && errno != EINTR)
             return SS_ERR_SYSTEM;
+        int interrupted = 0;
         for (int i = 0; i < n; i++) {
             struct probe *p = events[i].data.ptr;
-            if (!p)
+            if (!p) {
                 take_lookups(e);
-            else if (p->conn && !p->done)
-                p->done = advance(e, p);
+            } else if (p == (void *)&e->wake_fd) {
+                uint64_t count;
+                interrupted = read(e->wake_fd, &count, sizeof count) == sizeof count;
+            } else if (p->conn && !p->done) {
+                step(e, p);
+            }
         }
+        if (interrupted)
+            return (int32_t)produced;
         if (n <= 0 && produced == 0 && now_ns() >= until) {
             /* Time is up for this call unless something is due to report. */
-            t = now_ns();
-            int any = 0;
-            for (int32_t i = 0; i < e->opts.concurrency; i++)
-                any |= e->slots[i].conn && (e->slots[i].done || deadline_of(e, &e->slots[i]) <= t);
-            if (!any)
+            if (cap == 0 || (e->finished_count == 0 && e->next_deadline > now_ns()))
                 return 0;
         }
     }

@@ -104,8 +104,16 @@ int64_t ss__tls_write(ss_conn_t *conn, const char *buf, size_t len);
 void ss__tls_detach(ss_conn_t *conn);
 /* Best effort, never blocks: one SSL_shutdown before the socket closes. */
 void ss__tls_notify_close(ss_conn_t *conn);
+/* No more I/O for conn->ssl (its socket is about to close, and a new socket
+ * may get the same number); what it knows of the session can still be read. */
+void ss__tls_silence(ss_conn_t *conn);
 /* Offers the session of `from` for resumption (client side). */
 void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from);
+
+/* ---- engine.c --------------------------------------------------------- */
+
+/* Probes queued and not started yet. */
+uint32_t ss__engine_queued(const ss_engine_t *engine);
 
 /* ---- sock.c ----------------------------------------------------------- */
 
@@ -213,6 +221,8 @@ struct ss_conn {
     int connect_errno;          /* last failure among the addresses tried */
     int shutdown_sent;
     SSL_SESSION *offer_session; /* client: resume this session (owned), NULL: none */
+    int read_ahead;             /* TLS reads take whatever has arrived: for conns that
+                                 * never go back to plaintext (engine probes) */
     char *handback;             /* data read while waiting for close_notify */
     size_t handback_len;
     size_t handback_off;
@@ -220,5 +230,8 @@ struct ss_conn {
 };
 
 int ss__conn_fail(ss_conn_t *conn, int code);
+/* Closes the socket (close_notify first when established) but keeps the TLS
+ * state, so the session's details can still be read. */
+void ss__conn_hang_up(ss_conn_t *conn);
 
 #endif

@@ -419,12 +419,41 @@ int ss_engine_add(ss_engine_t *engine, uint64_t id, ss_conn_t *conn, ss_tls_ctx_
 /* Probes queued or in flight and not yet reported. */
 uint32_t ss_engine_pending(const ss_engine_t *engine);
 
-/* Runs the probes until at least one has finished or timeout_ms passes
- * (-1: until one finishes, 0: poll once), and writes up to cap finished ones
- * to out, their data to arena. Returns how many, or a negative error. Blocks
- * only the calling thread. */
+/* Runs the probes until at least one has finished, timeout_ms passes (-1:
+ * until one finishes, 0: poll once) or ss_engine_interrupt is called, and
+ * writes up to cap finished ones to out, their data to arena. Returns how
+ * many, or a negative error. Blocks only the calling thread. With cap 0 it
+ * keeps driving the probes in flight and holds finished ones back. */
 int32_t ss_engine_run(ss_engine_t *engine, int32_t timeout_ms, ss_probe_result_t *out, uint32_t cap,
                       unsigned char *arena, uint32_t arena_cap);
+
+/* Makes a running (or the next) ss_engine_run return early. The one engine
+ * call that is safe from any thread. */
+void ss_engine_interrupt(ss_engine_t *engine);
+
+/* ---- an engine on a thread of its own ---------------------------------- */
+
+/* The thread keeps driving connections while the caller handles finished
+ * probes and adds new ones, so that work never holds up a handshake. The
+ * thread blocks every signal. */
+typedef struct ss_engine_thread ss_engine_thread_t;
+
+/* An engine (as ss_engine_new) and its running thread. */
+ss_engine_thread_t *ss_engine_thread_new(const ss_engine_options_t *opts, ss_error_info_t *err);
+/* Stops and joins the thread, then frees the engine and every probe not
+ * yet taken. NULL is a no-op. */
+void ss_engine_thread_free(ss_engine_thread_t *thread);
+
+/* As ss_engine_add, from the caller's thread (one caller thread at a time
+ * for add and take). */
+int ss_engine_thread_add(ss_engine_thread_t *thread, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *starttls_tls);
+
+/* Waits up to timeout_ms (-1: no limit) for finished probes, and points
+ * *records and *arena at them (arena as for ss_engine_run). Returns how many
+ * (0: none came in time, or none is pending), or a negative error that
+ * stopped the thread. The batch stays valid until the next take or free. */
+int32_t ss_engine_thread_take(ss_engine_thread_t *thread, int32_t timeout_ms, const ss_probe_result_t **records,
+                              const unsigned char **arena);
 
 /* Parses one address of len bytes (not NUL-terminated; NUL bytes are data).
  * Fills *out and returns out->error. Never allocates. */

@@ -389,6 +389,10 @@ int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
         SSL_SESSION_free(conn->offer_session); /* the SSL holds its own reference now */
         conn->offer_session = NULL;
     }
+    /* One read per flight instead of two per record; never where plaintext may
+     * follow the TLS close (read-ahead would swallow it). */
+    if (conn->read_ahead)
+        SSL_set_read_ahead(ssl, 1);
     conn->ssl = ssl;
     conn->tls = ss__tls_ctx_ref(ctx);
     conn->shutdown_sent = 0;
@@ -409,6 +413,14 @@ void ss__tls_notify_close(ss_conn_t *conn)
     ERR_clear_error();
     SSL_shutdown(conn->ssl);
     ERR_clear_error();
+}
+
+void ss__tls_silence(ss_conn_t *conn)
+{
+    SSL_set_quiet_shutdown(conn->ssl, 1);
+    BIO *null = BIO_new(BIO_s_null());
+    if (null)
+        SSL_set_bio(conn->ssl, null, null);
 }
 
 void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from)

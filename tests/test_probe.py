@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
 import threading
 import time
 
@@ -249,3 +251,40 @@ def test_probe_works_inside_a_running_event_loop(backend, tls_server, pki):
 
     results = asyncio.run(main())
     assert len(results) == 3 and all(r.ok for r in results)
+
+
+def test_a_consumer_that_falls_behind_loses_nothing(backend):
+    """Results pile up while the caller is busy: every one still comes, once, and
+    its times end when the probe finished, not when it was handed over."""
+    with socket.create_server(("127.0.0.1", 0), backlog=4096) as listener:
+        targets = [f"tcp://127.0.0.1:{listener.getsockname()[1]}"] * 1500
+        results = []
+        for result in backend.probe(targets, concurrency=300, timeout=5):
+            results.append(result)
+            if len(results) == 1:
+                time.sleep(0.5)  # more finish meanwhile than a batch holds
+    assert sorted(r.index for r in results) == list(range(1500))
+    assert all(r.ok for r in results), [r.message for r in results if not r.ok][:3]
+    assert max(r.total_ms for r in results) < 400
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_abandoning_a_probe_closes_everything(backend, full_backlog):
+    for _ in range(2):  # the first run loads what stays loaded
+        fds, threads = _open_fds(), _threads()
+        targets = [f"tcp://127.0.0.1:{refused_port()}"] + [f"tls://{full_backlog.address}"] * 300
+        results = backend.probe(targets, concurrency=100, timeout=30)
+        first = next(results)
+        assert first.index == 0 and first.error_class == "ConnectError"
+        results.close()  # 100 connects in flight, 200 targets queued
+        deadline = time.monotonic() + 5
+        while (_open_fds(), _threads()) != (fds, threads) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert (_open_fds(), _threads()) == (fds, threads)

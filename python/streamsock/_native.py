@@ -520,12 +520,9 @@ def accept(listener: NativeConnection) -> NativeConnection | None:
 
 # --- the engine ---------------------------------------------------------------------------
 
-_RESULTS = 256  # records per ss_engine_run call
-_ARENA = 1 << 20  # bytes of banners and certificates per call
-
-
 class Engine:
-    """One ss_engine_t: probes added as client conns, finished ones read back as dicts."""
+    """An engine on its own C thread (ss_engine_thread_t): probes added as client
+    conns, finished ones taken back in batches while the thread keeps driving."""
 
     def __init__(self, options, peer_fingerprint: str | None, session_cache: int) -> None:
         from .starttls import PROTOCOLS
@@ -547,13 +544,13 @@ class Engine:
         pins = ffi.new("char[]", peer_fingerprint.encode()) if peer_fingerprint else ffi.NULL
         o.peer_fingerprint = pins
         err = ffi.new("ss_error_info_t *")
-        handle = lib.ss_engine_new(o, err)  # copies the payload and the pins
+        handle = lib.ss_engine_thread_new(o, err)  # copies the payload and the pins
         if handle == ffi.NULL:
             _raise_record(err)
-        self._h = ffi.gc(handle, lib.ss_engine_free)
-        self._results = ffi.new("ss_probe_result_t[]", _RESULTS)
-        self._arena = ffi.new("unsigned char[]", _ARENA)
-        self._err = ffi.new("ss_error_info_t *")  # one record for every add: the engine is single-threaded
+        self._h = ffi.gc(handle, lib.ss_engine_thread_free)
+        self._records = ffi.new("ss_probe_result_t **")
+        self._arena = ffi.new("unsigned char **")
+        self._err = ffi.new("ss_error_info_t *")  # one record for every add: adds come from one thread
 
     def add(self, index: int, address: Address, context, tls, starttls_tls) -> None:
         entry = _cached_options(address, context, tls)
@@ -561,24 +558,32 @@ class Engine:
         if conn == ffi.NULL:
             _raise_record(self._err)
         starttls = starttls_tls if starttls_tls is not None else ffi.NULL
-        if lib.ss_engine_add(self._h, index, conn, starttls) < 0:
+        rc = lib.ss_engine_thread_add(self._h, index, conn, starttls)
+        if rc == lib.SS_ERR_NOMEM:
             raise MemoryError("streamsock engine: out of memory")
+        if rc < 0:  # the engine's thread stopped on an error
+            raise _e.error(rc)
 
-    def run(self, timeout_ms: int) -> list[tuple]:
-        """Finished probes as tuples: (id, ok, error, sys_errno, verify_result, message,
-        peer, protocol, cipher, group, alpn, session_reused, resolve_ms, connect_ms,
-        handshake_ms, total_ms, banner, certs); texts "" and times -1 when absent."""
-        n = lib.ss_engine_run(self._h, timeout_ms, self._results, _RESULTS, self._arena, _ARENA)
+    def take(self, timeout_ms: int) -> list[tuple]:
+        """Finished probes (waiting up to timeout_ms for the first) as tuples: (id, ok,
+        error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn,
+        session_reused, resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs);
+        texts "" and times -1 when absent."""
+        n = lib.ss_engine_thread_take(self._h, timeout_ms, self._records, self._arena)
         if n < 0:
             raise _e.error(n)
-        arena = ffi.buffer(self._arena)
+        if n == 0:
+            return []
+        records = self._records[0]
+        end = max(records[i].certs_off + records[i].certs_len for i in range(n))
+        arena = ffi.buffer(self._arena[0], end)[:]  # one copy: the batch is reused after the next take
         string = ffi.string
         out = []
         for i in range(n):
-            r = self._results[i]
+            r = records[i]
             certs = []
-            at, end = r.certs_off, r.certs_off + r.certs_len
-            while at + 4 <= end:
+            at, stop = r.certs_off, r.certs_off + r.certs_len
+            while at + 4 <= stop:
                 size = int.from_bytes(arena[at : at + 4], "little")
                 certs.append(arena[at + 4 : at + 4 + size])
                 at += 4 + size

@@ -173,8 +173,10 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
     source = Prefetch(_parsed(backend, targets, options), high_water)
     try:
         while True:
-            # Hand over what has arrived; wait for input only when nothing is in flight.
-            items = source.take(high_water - len(meta), wait=0.0 if meta else INPUT_POLL)
+            # Hand over what has arrived, in batches: the engine is topped up once it
+            # holds half of high_water. Wait for input only when nothing is in flight.
+            items = source.take(high_water - len(meta), wait=0.0 if meta else INPUT_POLL) \
+                if len(meta) <= high_water // 2 else ()
             if items is END and not meta:
                 source.check()  # an input that failed: after every target before the failure
                 return
@@ -192,7 +194,7 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
             if not meta:
                 continue
             # While more input may come, return now and then to take it in.
-            for record in engine.run(100 if source.exhausted else INPUT_POLL_MS):
+            for record in engine.take(100 if source.exhausted else INPUT_POLL_MS):
                 text, address = meta.pop(record[0])
                 yield _native_result(record, text, address)
     finally:
