@@ -13,6 +13,7 @@ blocking driver, one call for connect plus handshake. TLS contexts are
 
 from __future__ import annotations
 
+import struct
 import threading
 from array import array
 from itertools import accumulate
@@ -520,6 +521,45 @@ def accept(listener: NativeConnection) -> NativeConnection | None:
 
 # --- the engine ---------------------------------------------------------------------------
 
+def _record_struct() -> struct.Struct:
+    """ss_probe_result_t as a struct format, pads taken from the compiler's layout."""
+    fields = (("id", "Q"), ("ok", "i"), ("error", "i"), ("sys_errno", "i"), ("verify_result", "i"), ("state", "i"),
+              ("session_reused", "i"), ("message", "256s"), ("protocol", "16s"), ("cipher", "64s"), ("group", "64s"),
+              ("alpn", "64s"), ("peer", "64s"), ("resolve_ms", "d"), ("connect_ms", "d"), ("handshake_ms", "d"),
+              ("total_ms", "d"), ("banner_off", "I"), ("banner_len", "I"), ("certs_off", "I"), ("certs_len", "I"))
+    fmt, at = "=", 0
+    for name, code in fields:
+        offset = ffi.offsetof("ss_probe_result_t", name)
+        fmt += f"{offset - at}x{code}" if offset > at else code
+        at = offset + struct.calcsize("=" + code)
+    size = ffi.sizeof("ss_probe_result_t")
+    return struct.Struct(fmt + (f"{size - at}x" if size > at else ""))
+
+
+_RECORD = _record_struct()
+_CERT_LENGTH = struct.Struct("<I")  # before each certificate in the arena
+_ARENA_VIEW = 2 << 20  # bytes of a batch's arena (BATCH_ARENA in csrc/engine_thread.c)
+
+
+def _field(raw: bytes) -> str:
+    """A NUL-terminated char[] field as text ("" when empty)."""
+    if not raw[0]:
+        return ""
+    end = raw.find(0)
+    return (raw[:end] if end >= 0 else raw).decode("utf-8", "replace")
+
+
+_NAMES: dict[bytes, str] = {}  # protocol, cipher and group fields seen: a handful of values
+
+
+def _name(raw: bytes) -> str:
+    """_field, remembered ("" is not, so empty fields are decoded each time: cheap)."""
+    if len(_NAMES) > 1024:
+        _NAMES.clear()
+    text = _NAMES[raw] = _field(raw)
+    return text
+
+
 class Engine:
     """An engine on its own C thread (ss_engine_thread_t): probes added as client
     conns, finished ones taken back in batches while the thread keeps driving."""
@@ -574,24 +614,25 @@ class Engine:
             raise _e.error(n)
         if n == 0:
             return []
-        records = self._records[0]
-        end = max(records[i].certs_off + records[i].certs_len for i in range(n))
-        arena = ffi.buffer(self._arena[0], end)[:]  # one copy: the batch is reused after the next take
-        string = ffi.string
+        # Decoded by struct at C speed, straight from the batch (valid until the next take).
+        rows = _RECORD.iter_unpack(ffi.buffer(self._records[0], n * _RECORD.size))
+        arena = ffi.buffer(self._arena[0], _ARENA_VIEW)
+        names = _NAMES
         out = []
-        for i in range(n):
-            r = records[i]
+        for (index, ok, error, sys_errno, verify_result, _state, session_reused, message, protocol, cipher, group,
+             alpn, peer, resolve_ms, connect_ms, handshake_ms, total_ms, banner_off, banner_len, certs_off,
+             certs_len) in rows:
             certs = []
-            at, stop = r.certs_off, r.certs_off + r.certs_len
+            at, stop = certs_off, certs_off + certs_len
             while at + 4 <= stop:
-                size = int.from_bytes(arena[at : at + 4], "little")
+                (size,) = _CERT_LENGTH.unpack_from(arena, at)
                 certs.append(arena[at + 4 : at + 4 + size])
                 at += 4 + size
             out.append((
-                r.id, bool(r.ok), r.error, r.sys_errno, r.verify_result, _text(r.message), string(r.peer).decode(),
-                string(r.protocol).decode(), string(r.cipher).decode(), string(r.group).decode(),
-                _text(r.alpn), bool(r.session_reused), r.resolve_ms, r.connect_ms, r.handshake_ms, r.total_ms,
-                arena[r.banner_off : r.banner_off + r.banner_len], certs,
+                index, ok != 0, error, sys_errno, verify_result, _field(message), _field(peer),
+                names.get(protocol) or _name(protocol), names.get(cipher) or _name(cipher),
+                names.get(group) or _name(group), _field(alpn), session_reused != 0, resolve_ms, connect_ms,
+                handshake_ms, total_ms, arena[banner_off : banner_off + banner_len], certs,
             ))
         return out
 

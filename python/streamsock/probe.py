@@ -169,6 +169,7 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
     pins_text = ",".join(f"{alg}={digits}" for alg, digits in parse_fingerprint_spec(pins)) if pins else None
     engine = _native.Engine(options, pins_text, SESSION_CACHE if options.resume else 0)
     meta: dict[int, tuple[str, Address]] = {}  # the targets handed to C, not yet reported
+    tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed to C ahead of time
     source = Prefetch(_parsed(backend, targets, options), high_water)
     try:
@@ -185,8 +186,10 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
                     yield _failed(index, text, None, address)
                     continue
                 try:
-                    tls, starttls_tls = _tls_for(backend, context, address, options)
-                    engine.add(index, address, context, tls, starttls_tls)
+                    tls_pair = tls_by_transport.get(address.transport)
+                    if tls_pair is None:
+                        tls_pair = tls_by_transport[address.transport] = _tls_for(backend, context, address, options)
+                    engine.add(index, address, context, *tls_pair)
                 except _e.StreamSocketError as exc:
                     yield _failed(index, text, address, exc)
                     continue
