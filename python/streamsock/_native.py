@@ -538,7 +538,8 @@ def _record_struct() -> struct.Struct:
 
 _RECORD = _record_struct()
 _CERT_LENGTH = struct.Struct("<I")  # before each certificate in the arena
-_ARENA_VIEW = 2 << 20  # bytes of a batch's arena (BATCH_ARENA in csrc/engine_thread.c)
+_ARENA_VIEW = 2 << 20  # a view over a batch's arena (BATCH_ARENA in csrc/engine_thread.c); only
+                       # the ranges the records name are read
 
 
 def _field(raw: bytes) -> str:

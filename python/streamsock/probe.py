@@ -171,13 +171,14 @@ def _probe_native(backend, targets, context: Context, options: ProbeOptions) -> 
     meta: dict[int, tuple[str, Address]] = {}  # the targets handed to C, not yet reported
     tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed to C ahead of time
+    refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
     source = Prefetch(_parsed(backend, targets, options), high_water)
     try:
         while True:
-            # Hand over what has arrived, in batches: the engine is topped up once it
-            # holds half of high_water. Wait for input only when nothing is in flight.
+            # Hand over what has arrived, in batches: the engine is topped up once half
+            # of what it holds queued has started. Wait for input only when nothing is in flight.
             items = source.take(high_water - len(meta), wait=0.0 if meta else INPUT_POLL) \
-                if len(meta) <= high_water // 2 else ()
+                if len(meta) <= refill_at else ()
             if items is END and not meta:
                 source.check()  # an input that failed: after every target before the failure
                 return
