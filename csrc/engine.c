@@ -18,10 +18,13 @@
  * spaces new connections; a session cache offers repeat targets their last
  * TLS session. A probe hangs up as soon as it finishes, and is reported
  * as a fixed-size record whose variable parts go into the caller's arena.
- * Bookkeeping (free slots, finished probes, the next deadline) is kept so
- * that a loop turn costs what happened in it, not the concurrency.
+ * A finished probe leaves its slot at once, so the next one starts before
+ * its record is written. Bookkeeping (free slots, finished probes, the next
+ * deadline) is kept so that a loop turn costs what happened in it, not the
+ * concurrency.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -76,11 +79,11 @@ struct ss_engine {
     char *payload;
     char *pins; /* copy of opts.peer_fingerprint */
     struct probe *slots; /* concurrency entries; conn == NULL is free */
-    uint32_t in_flight;
+    uint32_t in_flight;   /* slots in use */
     /* So that a loop turn costs what happened, not the concurrency: */
     uint32_t *free_slots; /* stack of free slot indexes */
     uint32_t free_count;
-    uint32_t *finished;   /* slots done and not reported yet */
+    struct probe *finished; /* done, hung up, not reported yet: at most 2 x concurrency */
     uint32_t finished_count;
     int64_t next_deadline; /* no probe in flight is due before this */
     struct probe *queue; /* FIFO of probes not started yet */
@@ -126,7 +129,7 @@ ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err
     e->epoll_fd = e->wake_fd = -1;
     e->slots = calloc((size_t)opts->concurrency, sizeof *e->slots);
     e->free_slots = malloc((size_t)opts->concurrency * sizeof *e->free_slots);
-    e->finished = malloc((size_t)opts->concurrency * sizeof *e->finished);
+    e->finished = malloc(2 * (size_t)opts->concurrency * sizeof *e->finished);
     if (!e->slots || !e->free_slots || !e->finished)
         goto nomem;
     for (int32_t i = 0; i < opts->concurrency; i++) /* slot 0 on top */
@@ -180,6 +183,8 @@ void ss_engine_free(ss_engine_t *e)
                 release_probe(&e->slots[i]);
     for (uint32_t i = 0; i < e->queue_len; i++)
         release_probe(&e->queue[(e->queue_head + i) % e->queue_cap]);
+    for (uint32_t i = 0; e->finished && i < e->finished_count; i++)
+        release_probe(&e->finished[i]);
     if (e->sessions)
         for (int32_t i = 0; i < e->opts.session_cache; i++) {
             free(e->sessions[i].key);
@@ -229,7 +234,7 @@ int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *st
 
 uint32_t ss_engine_pending(const ss_engine_t *e)
 {
-    return e->in_flight + e->queue_len;
+    return e->in_flight + e->queue_len + e->finished_count;
 }
 
 uint32_t ss__engine_queued(const ss_engine_t *e)
@@ -378,8 +383,8 @@ static int wait_for(ss_engine_t *e, struct probe *p, int64_t io)
 static int64_t deadline_of(const ss_engine_t *e, const struct probe *p);
 
 /* A probe has finished: it hangs up at once (the server is not kept waiting
- * for the caller to take the result, nor the socket held) and waits in
- * `finished` to be reported. */
+ * for the caller to take the result, nor the socket held) and moves to
+ * `finished` to be reported, freeing its slot; p is not valid afterwards. */
 static void finish(ss_engine_t *e, struct probe *p)
 {
     p->done = 1;
@@ -388,7 +393,10 @@ static void finish(ss_engine_t *e, struct probe *p)
         p->peer[0] = '\0';
     ss__conn_hang_up(p->conn); /* closing the socket takes it out of the epoll set */
     p->watched_fd = -1;
-    e->finished[e->finished_count++] = (uint32_t)(p - e->slots);
+    e->finished[e->finished_count++] = *p;
+    e->free_slots[e->free_count++] = (uint32_t)(p - e->slots);
+    e->in_flight--;
+    memset(p, 0, sizeof *p);
 }
 
 static int advance(ss_engine_t *e, struct probe *p);
@@ -447,6 +455,7 @@ static int advance_established(ss_engine_t *e, struct probe *p)
 /* Moves a probe as far as it goes: 1 when it has finished, 0 when waiting. */
 static int advance(ss_engine_t *e, struct probe *p)
 {
+    int looked = 0;
     for (;;) {
         if (p->established_ns)
             return advance_established(e, p);
@@ -476,6 +485,14 @@ static int advance(ss_engine_t *e, struct probe *p)
         }
         if (rc < 0)
             return 1;
+        if (rc == SS_WANT_WRITE && state == SS_STATE_CONNECTING && !looked) {
+            /* Over loopback or a near network the connect has often completed
+             * already: one look, without waiting, saves a turn of the loop. */
+            struct pollfd pfd = {.fd = ss_conn_fd(p->conn), .events = POLLOUT};
+            looked = 1;
+            if (poll(&pfd, 1, 0) == 1)
+                continue;
+        }
         if (rc != SS_DONE)
             return wait_for(e, p, rc);
         if (p->starttls_tls && !ss_conn_is_tls(p->conn)) { /* plaintext first: the dialogue */
@@ -568,15 +585,15 @@ static int64_t deadline_of(const ss_engine_t *e, const struct probe *p)
 
 static void expire(ss_engine_t *e, struct probe *p)
 {
+    if (!p->established_ns) { /* else the banner (or ticket) wait ends; the probe itself succeeded */
+        const char *what = p->lookup_tag       ? "Name lookup timed out"
+                           : !p->connected_ns  ? "Connection timed out"
+                           : p->dialogue       ? "STARTTLS dialogue timed out"
+                                               : "TLS handshake timed out";
+        ss__fail(&p->conn->err, SS_ERR_TIMEOUT, ETIMEDOUT, "%s", what);
+        p->error = SS_ERR_TIMEOUT;
+    }
     finish(e, p);
-    if (p->established_ns)
-        return; /* the banner (or ticket) wait ends; the probe itself succeeded */
-    const char *what = p->lookup_tag       ? "Name lookup timed out"
-                       : !p->connected_ns  ? "Connection timed out"
-                       : p->dialogue       ? "STARTTLS dialogue timed out"
-                                           : "TLS handshake timed out";
-    ss__fail(&p->conn->err, SS_ERR_TIMEOUT, ETIMEDOUT, "%s", what);
-    p->error = SS_ERR_TIMEOUT;
 }
 
 /* Whether another connection may start now; else *next is when one may. */
@@ -598,11 +615,19 @@ static int take_token(ss_engine_t *e, int64_t now, int64_t *next)
     return 0;
 }
 
+/* A free slot and a queued probe. Finished probes not yet taken hold new ones
+ * back once there are as many as the concurrency: a caller that stops taking
+ * results stops the engine. */
+static int can_start(const ss_engine_t *e)
+{
+    return e->free_count && e->queue_len && e->finished_count < (uint32_t)e->opts.concurrency;
+}
+
 /* Starts queued probes while slots and the rate allow; returns when the next may start. */
 static int64_t start_queued(ss_engine_t *e)
 {
     int64_t next = INT64_MAX;
-    while (e->free_count && e->queue_len && take_token(e, now_ns(), &next)) {
+    while (can_start(e) && take_token(e, now_ns(), &next)) {
         uint32_t i = e->free_slots[--e->free_count];
         struct probe *slot = &e->slots[i];
         *slot = e->queue[e->queue_head];
@@ -622,7 +647,7 @@ static int64_t expire_due(ss_engine_t *e, int64_t now)
     int64_t next = INT64_MAX;
     for (int32_t i = 0; i < e->opts.concurrency; i++) {
         struct probe *p = &e->slots[i];
-        if (!p->conn || p->done)
+        if (!p->conn)
             continue;
         int64_t d = deadline_of(e, p);
         if (d <= now)
@@ -727,21 +752,20 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
             next_deadline = next_start;
         uint32_t kept = 0;
         for (uint32_t k = 0; k < e->finished_count; k++) {
-            uint32_t i = e->finished[k];
-            struct probe *p = &e->slots[i];
+            struct probe *p = &e->finished[k];
             if (produced == cap || !report(e, p, &out[produced], arena, arena_cap, &arena_used)) {
-                e->finished[kept++] = i; /* no room left: reported by a later call */
+                if (kept != k) /* no room left: reported by a later call */
+                    e->finished[kept] = *p;
+                kept++;
                 continue;
             }
             if (!first_result_ns)
                 first_result_ns = t;
             produced++;
             release_probe(p);
-            e->free_slots[e->free_count++] = i;
-            e->in_flight--;
         }
         e->finished_count = kept;
-        if (e->in_flight == 0 && e->queue_len == 0)
+        if (e->in_flight == 0 && e->queue_len == 0 && e->finished_count == 0)
             return (int32_t)produced;
         /* Results go back in batches: until the buffer is full, the caller's
          * queue runs dry (it must hand over more) or a short wait has passed. */
@@ -749,7 +773,7 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
             start_queued(e); /* the slots just freed get their next probe before the caller's turn */
             return (int32_t)produced;
         }
-        if (e->in_flight < (uint32_t)e->opts.concurrency && e->queue_len && next_start == INT64_MAX)
+        if (can_start(e) && next_start == INT64_MAX)
             continue; /* free slots and work queued: start it now */
         int64_t wait_until = next_deadline < until ? next_deadline : until;
         if (produced && first_result_ns + BATCH_NS < wait_until)
