@@ -1,6 +1,8 @@
 """Many TLS 1.3 handshakes at once: the C engine against a plain C epoll +
 OpenSSL client (the baseline), the pure backend's asyncio probe and plain
 asyncio + ssl, at concurrency 1, 10 and 100; then memory per connection.
+The engine also runs driven from a C program (bench/c/engine_client.c), which
+tells what the engine costs from what the interpreter around it costs.
 
     python bench/bench_probe.py [--targets N] [--rounds N] [--memory-connections N]
                                 [--no-memory] [--quick] [--json FILE]
@@ -13,8 +15,9 @@ loop, after a warm-up (the C baseline after its SSL_CTX set-up). s_server serves
 per handshake stays on the critical path at every concurrency. Contenders
 alternate within each round so drift hits them alike; figures are medians
 over the rounds, and the run says how much CPU other processes took meanwhile.
-The C baseline (bench/c/epoll_tls_client.c) is compiled with gcc at run time
-and skipped, with the reason, when that fails.
+The C programs (bench/c/epoll_tls_client.c, and engine_client.c with csrc/)
+are compiled with gcc at run time and skipped, with the reason, when that
+fails.
 
 Memory (bench/_probe_memory.py): N connections held at once, established
 (the server went silent after the handshake) and mid-handshake (the server
@@ -56,12 +59,15 @@ from streamsock.context import DEFAULT_CIPHERS  # noqa: E402
 
 CONCURRENCIES = (1, 10, 100)
 C_BASELINE = "C epoll + OpenSSL"
+ENGINE_FROM_C = "engine from C"
 ASYNCIO = "asyncio + ssl"
 NATIVE = "native engine"
 PURE = "pure (asyncio)"
 TARGET_RATE_VS_C = 0.95
 TARGET_KB = {"established": 30.0, "handshaking": 45.0}
 C_SOURCE = Path(__file__).parent / "c" / "epoll_tls_client.c"
+ENGINE_CLIENT_SOURCE = Path(__file__).parent / "c" / "engine_client.c"
+CORE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
 
 # --- the contenders: each runs `count` handshakes and says how many succeeded --------------
@@ -117,11 +123,21 @@ def measure_in_process(fn) -> dict:
 
 def build_c_client(directory: str) -> tuple[str | None, str]:
     """(path of the compiled baseline, "") or (None, why it cannot be built)."""
+    return _build(os.path.join(directory, "epoll_tls_client"), [str(C_SOURCE)])
+
+
+def build_engine_client(directory: str) -> tuple[str | None, str]:
+    """(path of the engine driven from C, "") or (None, why it cannot be built)."""
+    sources = [str(ENGINE_CLIENT_SOURCE), *map(str, sorted(CORE_DIR.glob("*.c")))]
+    # Built as the extension is (CMake Release: -O3 -DNDEBUG).
+    return _build(os.path.join(directory, "engine_client"),
+                  ["-O3", "-DNDEBUG", "-D_GNU_SOURCE", f"-I{CORE_DIR}", *sources, "-lpthread"])
+
+
+def _build(binary: str, arguments: list[str]) -> tuple[str | None, str]:
     if not shutil.which("gcc"):
         return None, "gcc not found"
-    binary = os.path.join(directory, "epoll_tls_client")
-    command = ["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", binary, str(C_SOURCE),
-               "-lssl", "-lcrypto"]
+    command = ["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", binary, *arguments, "-lssl", "-lcrypto"]
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         first = next((line for line in out.stderr.splitlines() if "error" in line), out.stderr.strip()[:300])
@@ -131,13 +147,19 @@ def build_c_client(directory: str) -> tuple[str | None, str]:
 
 def run_c_client(binary: str, port: int, cafile: str, count: int, concurrency: int) -> dict:
     """The baseline times its own loop (process start-up and SSL_CTX set-up excluded)."""
-    out = subprocess.run(
-        [binary, "--port", str(port), "--cafile", cafile, "--host-name", "localhost",
-         "--concurrency", str(concurrency), "--handshakes", str(count), "--ciphers", DEFAULT_CIPHERS],
-        capture_output=True, text=True, timeout=600,
-    )
+    return _run_c([binary, "--port", str(port), "--cafile", cafile, "--host-name", "localhost",
+                   "--concurrency", str(concurrency), "--handshakes", str(count), "--ciphers", DEFAULT_CIPHERS])
+
+
+def run_engine_client(binary: str, port: int, cafile: str, count: int, concurrency: int) -> dict:
+    """The engine from C times its own loop too, after a warm-up."""
+    return _run_c([binary, str(port), cafile, "localhost", str(concurrency), str(count), DEFAULT_CIPHERS])
+
+
+def _run_c(command: list[str]) -> dict:
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
-        raise RuntimeError(f"epoll_tls_client failed: {out.stderr.strip()}")
+        raise RuntimeError(f"{os.path.basename(command[0])} failed: {out.stderr.strip()}")
     figures = json.loads(out.stdout)
     return {"ok": figures["handshakes"], "seconds": figures["seconds"], "cpu_seconds": figures["cpu_seconds"]}
 
@@ -167,11 +189,13 @@ def child_main(name: str, port: str, cafile: str, count: str, concurrency: str) 
     print(json.dumps(measure_in_process(lambda: run(int(port), cafile, int(count), int(concurrency)))))
 
 
-def contenders(c_binary: str | None, port: int, cafile: str) -> dict:
+def contenders(c_binary: str | None, engine_binary: str | None, port: int, cafile: str) -> dict:
     """name -> run(count, concurrency) -> {"ok", "seconds", "cpu_seconds"}."""
     runs = {}
     if c_binary:
         runs[C_BASELINE] = lambda n, c: run_c_client(c_binary, port, cafile, n, c)
+    if engine_binary:
+        runs[ENGINE_FROM_C] = lambda n, c: run_engine_client(engine_binary, port, cafile, n, c)
     for name in PYTHON_CONTENDERS:
         runs[name] = lambda n, c, name=name: run_child(name, port, cafile, n, c)
     return runs
@@ -332,10 +356,13 @@ def main() -> None:
         c_binary, why_not = build_c_client(directory)
         if not c_binary:
             print(f"skipping the C baseline: {why_not}", file=sys.stderr)
+        engine_binary, why_not = build_engine_client(directory)
+        if not engine_binary:
+            print(f"skipping the engine driven from C: {why_not}", file=sys.stderr)
         busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
         server, port = start_server(certfile, keyfile)
         try:
-            table = throughput(contenders(c_binary, port, cafile), args.targets, args.rounds)
+            table = throughput(contenders(c_binary, engine_binary, port, cafile), args.targets, args.rounds)
         finally:
             server.kill()
             server.wait()
