@@ -211,17 +211,27 @@ ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const c
     return conn;
 }
 
-void ss_conn_close(ss_conn_t *conn)
+/* close_notify when established, then the socket; keep_tls: the TLS state
+ * stays, cut off from the socket, else it is freed. */
+static void end_connection(ss_conn_t *conn, int keep_tls)
 {
     if (conn->ssl) {
         if (conn->state == SS_STATE_ESTABLISHED)
             ss__tls_notify_close(conn);
-        ss__tls_detach(conn);
+        if (keep_tls)
+            ss__tls_silence(conn);
+        else
+            ss__tls_detach(conn);
     }
     if (conn->fd >= 0) {
         close(conn->fd);
         conn->fd = -1;
     }
+}
+
+void ss_conn_close(ss_conn_t *conn)
+{
+    end_connection(conn, 0);
     if (conn->state == SS_STATE_LISTENING && conn->path_len && conn->path[0] &&
         conn->socktype == SOCK_STREAM) /* a unix listener removes its socket file */
         unlink(conn->path);
@@ -230,15 +240,7 @@ void ss_conn_close(ss_conn_t *conn)
 
 void ss__conn_hang_up(ss_conn_t *conn)
 {
-    if (conn->ssl) {
-        if (conn->state == SS_STATE_ESTABLISHED)
-            ss__tls_notify_close(conn);
-        ss__tls_silence(conn);
-    }
-    if (conn->fd >= 0) {
-        close(conn->fd);
-        conn->fd = -1;
-    }
+    end_connection(conn, 1);
 }
 
 void ss_conn_free(ss_conn_t *conn)

@@ -63,7 +63,6 @@ struct probe {
     ss_tls_ctx_t *starttls_tls;   /* reference; TLS to start after it */
     int session_saved;
     char peer[64]; /* the address connected to, taken before hanging up */
-    int done;
     int error; /* set when the engine itself ends the probe (timeout) */
 };
 
@@ -387,16 +386,22 @@ static int64_t deadline_of(const ss_engine_t *e, const struct probe *p);
  * `finished` to be reported, freeing its slot; p is not valid afterwards. */
 static void finish(ss_engine_t *e, struct probe *p)
 {
-    p->done = 1;
     p->finished_ns = now_ns();
     if (ss_conn_name(p->conn, 1, p->peer, sizeof p->peer) < 0)
         p->peer[0] = '\0';
     ss__conn_hang_up(p->conn); /* closing the socket takes it out of the epoll set */
-    p->watched_fd = -1;
     e->finished[e->finished_count++] = *p;
     e->free_slots[e->free_count++] = (uint32_t)(p - e->slots);
     e->in_flight--;
     memset(p, 0, sizeof *p);
+}
+
+/* Keeps e->next_deadline a lower bound after p entered a phase. */
+static void note_deadline(ss_engine_t *e, const struct probe *p)
+{
+    int64_t d = deadline_of(e, p);
+    if (d < e->next_deadline)
+        e->next_deadline = d;
 }
 
 static int advance(ss_engine_t *e, struct probe *p);
@@ -404,13 +409,10 @@ static int advance(ss_engine_t *e, struct probe *p);
 /* Advances a probe after an event; a phase it enters may bring its deadline closer. */
 static void step(ss_engine_t *e, struct probe *p)
 {
-    if (advance(e, p)) {
+    if (advance(e, p))
         finish(e, p);
-        return;
-    }
-    int64_t d = deadline_of(e, p);
-    if (d < e->next_deadline)
-        e->next_deadline = d;
+    else
+        note_deadline(e, p);
 }
 
 static int wants_banner(const ss_engine_t *e, const struct probe *p)
@@ -540,9 +542,7 @@ static void start_probe(ss_engine_t *e, struct probe *p, uint32_t slot)
         return;
     }
     p->lookup_tag = tag;
-    int64_t d = deadline_of(e, p);
-    if (d < e->next_deadline)
-        e->next_deadline = d;
+    note_deadline(e, p);
 }
 
 /* Hands finished lookups to their probes (a lookup whose probe has timed out is dropped). */
@@ -551,7 +551,7 @@ static void take_lookups(ss_engine_t *e)
     struct ss_lookup *item;
     while ((item = ss__resolver_take(e->resolver))) {
         struct probe *p = &e->slots[item->tag & ((1u << SLOT_BITS) - 1)];
-        if (p->conn && !p->done && p->lookup_tag == item->tag) {
+        if (p->conn && p->lookup_tag == item->tag) { /* a finished probe's slot is empty */
             p->lookup_tag = 0;
             p->resolved_ns = now_ns();
             if (item->gai_rc != 0) {
@@ -792,7 +792,7 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
             } else if (p == (void *)&e->wake_fd) {
                 uint64_t count;
                 interrupted = read(e->wake_fd, &count, sizeof count) == sizeof count;
-            } else if (p->conn && !p->done) {
+            } else if (p->conn) { /* not finished earlier in this batch */
                 step(e, p);
             }
         }
