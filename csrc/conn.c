@@ -19,11 +19,16 @@
  * engine, wait on ss_conn_fd() themselves and call step again.
  *
  * Every resolved address is tried in turn within the caller's one deadline;
- * the errno of the last failure is what PHP reports. TLS over the socket uses
- * OpenSSL's fd BIO without read-ahead, so OpenSSL never reads past a record:
- * when TLS ends (close_notify), the next plaintext byte is still in the
- * socket, and application data that arrived before the peer's close_notify
+ * the errno of the last failure is what PHP reports. TLS reads the socket
+ * through the conn's read buffer (tls.c's socket BIO), record by record: when
+ * TLS ends (close_notify), the plaintext that followed it is still in that
+ * buffer, and application data that arrived before the peer's close_notify
  * is kept in `handback` and read first.
+ *
+ * Syscalls are counted, not spent: each entry point allows one recv (two
+ * when the first filled the buffer); the blocking driver allows it only
+ * after poll said readable, and a client that has just sent its ClientHello
+ * does not look for the answer before waiting for it.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -256,6 +261,7 @@ void ss_conn_free(ss_conn_t *conn)
     free(conn->peer_name);
     free(conn->bind_host);
     free(conn->handback);
+    free(conn->rbuf);
     free(conn);
 }
 
@@ -266,7 +272,7 @@ int ss__conn_fail(ss_conn_t *conn, int code)
 }
 
 /* The one switch: every state change happens here. */
-int ss_conn_step(ss_conn_t *conn)
+static int step(ss_conn_t *conn)
 {
     for (;;) {
         int rc;
@@ -297,6 +303,7 @@ int ss_conn_step(ss_conn_t *conn)
                 conn->connect_errno = rc; /* try the next address */
                 close(conn->fd);
                 conn->fd = -1;
+                conn->revents = 0;
                 rc = ss__connect_next(conn);
                 if (rc < 0)
                     return ss__conn_fail(conn, rc);
@@ -307,6 +314,7 @@ int ss_conn_step(ss_conn_t *conn)
                 rc = ss__tls_attach(conn, conn->initial_tls);
                 if (rc < 0)
                     return ss__conn_fail(conn, rc);
+                conn->recv_budget = 0; /* the server answers our ClientHello: nothing to read yet */
                 conn->state = SS_STATE_HANDSHAKING;
             } else {
                 conn->state = SS_STATE_ESTABLISHED;
@@ -346,6 +354,13 @@ int ss_conn_step(ss_conn_t *conn)
     }
 }
 
+int ss_conn_step(ss_conn_t *conn)
+{
+    conn->revents = 0;
+    conn->recv_budget = 1;
+    return step(conn);
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -353,31 +368,52 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int ss_conn_wait(ss_conn_t *conn, int want, int32_t timeout_ms)
+/* Milliseconds left before deadline (-1: none), for poll. */
+static int left_ms(int64_t deadline)
+{
+    if (deadline < 0)
+        return -1;
+    int64_t left = deadline - now_ms();
+    return left > 0 ? (int)(left > INT32_MAX ? INT32_MAX : left) : 0;
+}
+
+/* Waits for want: 1 ready (and the next recv allowed), 0 timed out,
+ * SS_IO_INTERRUPTED, or an error recorded on conn. */
+static int wait_for(ss_conn_t *conn, int want, int timeout_ms)
 {
     if (conn->fd < 0)
         return ss__fail(&conn->err, SS_ERR_CLOSED, 0, "%s", ss_error_message(SS_ERR_CLOSED));
     if (want == SS_WANT_READ && ss_conn_pending(conn))
-        return 1;
-    int rc = ss__poll(conn->fd, want, timeout_ms);
+        return conn->recv_budget = 1;
+    int rc = ss__poll(conn->fd, want, timeout_ms, &conn->revents);
+    if (rc == SS_IO_INTERRUPTED)
+        return rc;
     if (rc < 0)
         return ss__fail(&conn->err, SS_ERR_SYSTEM, -rc, "poll failed: %s", strerror(-rc));
+    conn->recv_budget = rc > 0 && want == SS_WANT_READ;
+    return rc;
+}
+
+int ss_conn_wait(ss_conn_t *conn, int want, int32_t timeout_ms)
+{
+    int rc = wait_for(conn, want, timeout_ms);
+    conn->revents = 0; /* a later step is not the one this wait was for */
     return rc;
 }
 
 int ss_conn_run(ss_conn_t *conn, int32_t timeout_ms)
 {
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    conn->revents = 0;
+    conn->recv_budget = 1;
     for (;;) {
-        int rc = ss_conn_step(conn);
+        int rc = step(conn);
+        conn->revents = 0;
         if (rc <= SS_DONE)
             return rc;
-        int wait_ms = -1;
-        if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
-            wait_ms = left > 0 ? (int)(left > INT32_MAX ? INT32_MAX : left) : 0;
-        }
-        rc = ss_conn_wait(conn, rc, wait_ms);
+        rc = wait_for(conn, rc, left_ms(deadline));
+        if (rc == SS_IO_INTERRUPTED)
+            return rc;
         if (rc < 0)
             return ss__conn_fail(conn, rc);
         if (rc == 0) {
@@ -390,15 +426,28 @@ int ss_conn_run(ss_conn_t *conn, int32_t timeout_ms)
     }
 }
 
-int64_t ss_conn_read(ss_conn_t *conn, char *buf, size_t len)
+/* For read and write: SS_DONE when established, else the step's want as an
+ * SS_IO_* value, or its error. */
+static int64_t be_established(ss_conn_t *conn)
 {
-    if (conn->state != SS_STATE_ESTABLISHED) {
-        int rc = ss_conn_step(conn);
-        if (rc < 0)
-            return rc;
-        if (rc != SS_DONE)
-            return rc == SS_WANT_READ ? SS_IO_WANT_READ : SS_IO_WANT_WRITE;
+    if (conn->deferred_error) { /* met after the last call returned its data */
+        int code = conn->deferred_error;
+        conn->deferred_error = 0;
+        return ss__conn_fail(conn, code);
     }
+    if (conn->state == SS_STATE_ESTABLISHED)
+        return SS_DONE;
+    int rc = step(conn);
+    if (rc <= SS_DONE)
+        return rc;
+    return rc == SS_WANT_READ ? SS_IO_WANT_READ : SS_IO_WANT_WRITE;
+}
+
+static int64_t read_some(ss_conn_t *conn, char *buf, size_t len)
+{
+    int64_t rc = be_established(conn);
+    if (rc != SS_DONE)
+        return rc;
     if (conn->handback_off < conn->handback_len) {
         size_t n = conn->handback_len - conn->handback_off;
         if (n > len)
@@ -418,21 +467,76 @@ int64_t ss_conn_read(ss_conn_t *conn, char *buf, size_t len)
     return n;
 }
 
-int64_t ss_conn_write(ss_conn_t *conn, const char *buf, size_t len)
+int64_t ss_conn_read(ss_conn_t *conn, char *buf, size_t len)
 {
-    if (conn->state != SS_STATE_ESTABLISHED) {
-        int rc = ss_conn_step(conn);
+    conn->recv_budget = 1;
+    return read_some(conn, buf, len);
+}
+
+int64_t ss_conn_read_wait(ss_conn_t *conn, char *buf, size_t len, int32_t timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    conn->recv_budget = 1;
+    for (;;) {
+        int64_t n = read_some(conn, buf, len);
+        if (n != SS_IO_WANT_READ && n != SS_IO_WANT_WRITE)
+            return n;
+        int rc = wait_for(conn, n == SS_IO_WANT_READ ? SS_WANT_READ : SS_WANT_WRITE, left_ms(deadline));
+        conn->revents = 0;
+        if (rc == 0)
+            return SS_IO_TIMEOUT;
         if (rc < 0)
-            return rc;
-        if (rc != SS_DONE)
-            return rc == SS_WANT_READ ? SS_IO_WANT_READ : SS_IO_WANT_WRITE;
+            return rc == SS_IO_INTERRUPTED ? rc : ss__conn_fail(conn, rc);
+        conn->recv_budget = 1; /* also after POLLOUT: a TLS read that had to write first */
     }
+}
+
+static int64_t write_some(ss_conn_t *conn, const char *buf, size_t len)
+{
+    int64_t rc = be_established(conn);
+    if (rc != SS_DONE)
+        return rc;
     if (len == 0)
         return 0;
     int64_t n = conn->ssl ? ss__tls_write(conn, buf, len) : ss__sock_write(conn, buf, len);
     if (n < SS_IO_WANT_WRITE)
         return ss__conn_fail(conn, (int)n);
     return n;
+}
+
+int64_t ss_conn_write(ss_conn_t *conn, const char *buf, size_t len)
+{
+    conn->recv_budget = 1;
+    return write_some(conn, buf, len);
+}
+
+int64_t ss_conn_write_wait(ss_conn_t *conn, const char *buf, size_t len, int32_t timeout_ms, int32_t *status)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    size_t done = 0;
+    conn->recv_budget = 1;
+    *status = SS_OK;
+    while (done < len || len == 0) {
+        int64_t n = write_some(conn, buf + done, len - done);
+        if (n >= 0) {
+            done += (size_t)n;
+            if (len == 0)
+                break;
+            continue;
+        }
+        if (n != SS_IO_WANT_READ && n != SS_IO_WANT_WRITE) {
+            *status = (int32_t)n;
+            break;
+        }
+        int rc = wait_for(conn, n == SS_IO_WANT_READ ? SS_WANT_READ : SS_WANT_WRITE, left_ms(deadline));
+        conn->revents = 0;
+        if (rc <= 0) {
+            *status = rc == 0 ? SS_IO_TIMEOUT : rc == SS_IO_INTERRUPTED ? rc : ss__conn_fail(conn, rc);
+            break;
+        }
+        conn->recv_budget = 1;
+    }
+    return (int64_t)done;
 }
 
 int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, size_t peer_cap, uint32_t *peer_len)
@@ -510,7 +614,7 @@ int ss_conn_start_tls(ss_conn_t *conn, ss_tls_ctx_t *tls, const char *peer_name,
      * would be taken for TLS records, or were meant to be trusted. A server's
      * socket may legitimately hold the ClientHello already. */
     int waiting = 0;
-    if (conn->handback_len > conn->handback_off ||
+    if (conn->handback_len > conn->handback_off || conn->rbuf_len > conn->rbuf_off ||
         (!tls->server && ioctl(conn->fd, FIONREAD, &waiting) == 0 && waiting > 0))
         return ss__fail(&conn->err, SS_ERR_STARTTLS_BUFFERED, 0, "%s", ss_error_message(SS_ERR_STARTTLS_BUFFERED));
     if (peer_name) {
@@ -527,6 +631,7 @@ int ss_conn_start_tls(ss_conn_t *conn, ss_tls_ctx_t *tls, const char *peer_name,
         return rc;
     if (session_from && session_from->ssl)
         ss__tls_resume(conn, session_from);
+    conn->recv_budget = tls->server; /* a client speaks first; a server's ClientHello may be here */
     conn->state = SS_STATE_HANDSHAKING;
     return SS_OK;
 }
@@ -565,11 +670,28 @@ int ss_conn_is_tls(const ss_conn_t *conn)
     return conn->ssl != NULL;
 }
 
+/* Bytes of whole TLS records at the front of the read buffer (a record is a
+ * 5-byte header whose last two bytes are the length, then that many bytes). */
+static size_t whole_records(const ss_conn_t *conn)
+{
+    size_t at = conn->rbuf_off;
+    while (conn->rbuf_len - at >= 5) {
+        const unsigned char *header = (const unsigned char *)conn->rbuf + at;
+        size_t record = 5 + ((size_t)header[3] << 8 | header[4]);
+        if (conn->rbuf_len - at < record)
+            break;
+        at += record;
+    }
+    return at - conn->rbuf_off;
+}
+
 size_t ss_conn_pending(const ss_conn_t *conn)
 {
     size_t n = conn->handback_len - conn->handback_off;
-    if (conn->ssl && conn->state == SS_STATE_ESTABLISHED)
-        n += (size_t)SSL_pending(conn->ssl);
+    if (!conn->ssl)
+        return n + conn->rbuf_len - conn->rbuf_off; /* plaintext that followed a TLS close */
+    if (conn->state == SS_STATE_ESTABLISHED)
+        n += (size_t)SSL_pending(conn->ssl) + whole_records(conn);
     return n;
 }
 

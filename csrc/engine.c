@@ -517,7 +517,6 @@ static void start_probe(ss_engine_t *e, struct probe *p, uint32_t slot)
 {
     ss_conn_t *c = p->conn;
     p->start_ns = now_ns();
-    c->read_ahead = 1; /* a probe never goes back to plaintext */
     offer_session(e, p);
     int is_name = c->state == SS_STATE_RESOLVE && c->host && c->transport != SS_TRANSPORT_UNIX &&
                   c->transport != SS_TRANSPORT_UDG && !ss__is_ip_literal(c->host);

@@ -1,4 +1,4 @@
-"""Generate the cffi C source of ``streamsock._core`` from ``streamsock.h``.
+"""Generate the cffi C source of ``streamsock._native._core`` from ``streamsock.h``.
 
 Build input only (run by CMakeLists.txt), never shipped. The header is the FFI
 contract: every line starting with '#' is dropped and the rest is the cdef.
@@ -15,7 +15,7 @@ def make_ffi(header: pathlib.Path) -> cffi.FFI:
     )
     ffi = cffi.FFI()
     ffi.cdef(cdef)
-    ffi.set_source("streamsock._core", '#include "streamsock.h"\n')
+    ffi.set_source("streamsock._native._core", '#include "streamsock.h"\n')
     return ffi
 
 

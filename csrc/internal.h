@@ -84,6 +84,7 @@ struct ss_tls_ctx {
     int allow_self_signed;
     int verify_depth;
     int free_idle_buffers;      /* SSL_free_buffers is safe in the linked OpenSSL */
+    BIO_METHOD *socket_bio;     /* the conn's socket through its read buffer (tls.c) */
     unsigned char *alpn;        /* server: our protocols, wire format */
     size_t alpn_len;
     size_t sni_count;
@@ -93,7 +94,8 @@ struct ss_tls_ctx {
 
 ss_tls_ctx_t *ss__tls_ctx_ref(ss_tls_ctx_t *ctx);
 
-/* Creates conn->ssl on conn->fd for the conn's role and names. */
+/* Creates conn->ssl over conn's socket (through conn's read buffer) for the
+ * conn's role and names. */
 int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx);
 /* One handshake step: SS_DONE, SS_WANT_*, or an error recorded on conn. */
 int ss__tls_handshake(ss_conn_t *conn);
@@ -134,9 +136,18 @@ int ss__open_unix(ss_conn_t *conn, int listen_side);
 int ss__listen_inet(ss_conn_t *conn);
 int ss__set_nonblocking(int fd);
 int ss__format_sockaddr(const struct sockaddr *sa, socklen_t len, char *out, size_t cap);
-int ss__poll(int fd, int want, int timeout_ms);
+/* Waits for want on fd: 1 ready, 0 timed out, SS_IO_INTERRUPTED (a signal
+ * came: the caller's signal handlers may need to run), or -errno. *revents
+ * gets poll's revents (may be NULL). */
+int ss__poll(int fd, int want, int timeout_ms, short *revents);
 int64_t ss__sock_read(ss_conn_t *conn, char *buf, size_t len);
 int64_t ss__sock_write(ss_conn_t *conn, const char *buf, size_t len);
+/* One recv into conn's read buffer if it is empty and the recv budget allows:
+ * > 0 bytes now buffered, 0 end of stream, -1 with errno (EAGAIN when the
+ * socket is empty or the budget is spent). */
+ssize_t ss__sock_fill(ss_conn_t *conn);
+/* Gives the read buffer back to malloc when it holds nothing. */
+void ss__sock_release_rbuf(ss_conn_t *conn);
 
 /* ---- resolver.c -------------------------------------------------------- */
 
@@ -221,8 +232,20 @@ struct ss_conn {
     int connect_errno;          /* last failure among the addresses tried */
     int shutdown_sent;
     SSL_SESSION *offer_session; /* client: resume this session (owned), NULL: none */
-    int read_ahead;             /* TLS reads take whatever has arrived: for conns that
-                                 * never go back to plaintext (engine probes) */
+    /* What the socket gave and TLS has not consumed yet. OpenSSL reads
+     * through it (tls.c's socket BIO) record by record, so one recv serves
+     * many records, and what follows the peer's close_notify stays here and
+     * is read as plaintext after enable_crypto(false). */
+    char *rbuf;                 /* NULL while empty and given back */
+    size_t rbuf_off;
+    size_t rbuf_len;
+    int recv_budget;            /* recvs allowed now: 1 at every entry point, 0 once
+                                 * the socket was found empty (no EAGAIN recv twice),
+                                 * 0 right after sending a ClientHello */
+    short revents;              /* of the last ss_conn_wait: a clean POLLOUT after a
+                                 * connect means connected, no getsockopt needed */
+    int deferred_error;         /* an error met after some data was returned: the next
+                                 * read or write returns it (recorded in err) */
     char *handback;             /* data read while waiting for close_notify */
     size_t handback_len;
     size_t handback_off;

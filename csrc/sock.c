@@ -147,6 +147,9 @@ int ss__connect_next(ss_conn_t *conn)
 
 int ss__connect_result(ss_conn_t *conn)
 {
+    /* poll said writable and nothing else: connected, SO_ERROR would say 0 */
+    if (conn->revents && !(conn->revents & (POLLERR | POLLHUP | POLLNVAL)))
+        return SS_DONE;
     int error = 0;
     socklen_t len = sizeof error;
     if (getsockopt(conn->fd, SOL_SOCKET, SO_ERROR, &error, &len) < 0)
@@ -265,20 +268,65 @@ int ss__format_sockaddr(const struct sockaddr *sa, socklen_t len, char *out, siz
     return n < 0 || (size_t)n >= cap ? SS_ERR_NOMEM : n;
 }
 
-int ss__poll(int fd, int want, int timeout_ms)
+int ss__poll(int fd, int want, int timeout_ms, short *revents)
 {
     struct pollfd p = {.fd = fd, .events = (short)(want == SS_WANT_WRITE ? POLLOUT : POLLIN), .revents = 0};
-    for (;;) {
-        int rc = poll(&p, 1, timeout_ms);
-        if (rc >= 0)
-            return rc;
-        if (errno != EINTR)
-            return -errno;
+    int rc = poll(&p, 1, timeout_ms);
+    if (revents)
+        *revents = p.revents;
+    if (rc >= 0)
+        return rc;
+    /* Not retried here: the caller's signal handlers (Ctrl-C) must get to run. */
+    return errno == EINTR ? SS_IO_INTERRUPTED : -errno;
+}
+
+#define RBUF_SIZE 65536 /* one recv: four full TLS records */
+
+ssize_t ss__sock_fill(ss_conn_t *conn)
+{
+    if (conn->rbuf_off < conn->rbuf_len)
+        return (ssize_t)(conn->rbuf_len - conn->rbuf_off);
+    if (!conn->recv_budget) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (!conn->rbuf && !(conn->rbuf = malloc(RBUF_SIZE))) {
+        errno = ENOMEM;
+        return -1;
+    }
+    conn->rbuf_off = conn->rbuf_len = 0;
+    ssize_t n;
+    do
+        n = recv(conn->fd, conn->rbuf, RBUF_SIZE, 0);
+    while (n < 0 && errno == EINTR);
+    /* A recv that did not fill the buffer emptied the socket: the next one
+     * would only say EAGAIN, so it waits for the caller to have waited. */
+    conn->recv_budget = n == RBUF_SIZE;
+    if (n > 0)
+        conn->rbuf_len = (size_t)n;
+    return n;
+}
+
+void ss__sock_release_rbuf(ss_conn_t *conn)
+{
+    if (conn->rbuf && conn->rbuf_off == conn->rbuf_len) {
+        free(conn->rbuf);
+        conn->rbuf = NULL;
+        conn->rbuf_off = conn->rbuf_len = 0;
     }
 }
 
 int64_t ss__sock_read(ss_conn_t *conn, char *buf, size_t len)
 {
+    if (conn->rbuf_off < conn->rbuf_len) { /* plaintext that followed a TLS close */
+        size_t n = conn->rbuf_len - conn->rbuf_off;
+        if (n > len)
+            n = len;
+        memcpy(buf, conn->rbuf + conn->rbuf_off, n);
+        conn->rbuf_off += n;
+        ss__sock_release_rbuf(conn);
+        return (int64_t)n;
+    }
     for (;;) {
         ssize_t n = recv(conn->fd, buf, len, 0);
         if (n >= 0)

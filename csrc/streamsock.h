@@ -123,7 +123,9 @@ enum ss_want {
 /* Read/write results below zero that are not errors. */
 enum ss_io {
     SS_IO_WANT_READ = -1,
-    SS_IO_WANT_WRITE = -2
+    SS_IO_WANT_WRITE = -2,
+    SS_IO_TIMEOUT = -3,      /* a blocking call's time ran out; the conn stays usable, nothing is lost */
+    SS_IO_INTERRUPTED = -4   /* a signal came while waiting: let its handler run, then call again */
 };
 
 /* Connection states. Every transition is in conn.c's one switch. */
@@ -246,22 +248,38 @@ void ss_conn_free(ss_conn_t *conn);
 int ss_conn_step(ss_conn_t *conn);
 
 /* The blocking driver: steps and polls until SS_DONE, an error, or
- * timeout_ms passes (SS_ERR_TIMEOUT; -1 waits forever). Blocks the calling
- * thread only (cffi releases the GIL). */
+ * timeout_ms passes (SS_ERR_TIMEOUT; -1 waits forever). Returns
+ * SS_IO_INTERRUPTED, with the conn as it was, when a signal interrupts the
+ * wait: call again with the time that is left. Blocks the calling thread
+ * only (cffi releases the GIL). */
 int ss_conn_run(ss_conn_t *conn, int32_t timeout_ms);
 
 /* Waits until the socket is ready for `want` (SS_WANT_READ/WRITE). Returns 1
- * when ready, 0 on timeout, or a negative error. Ready at once when TLS
- * holds decrypted bytes and want is SS_WANT_READ. */
+ * when ready, 0 on timeout, SS_IO_INTERRUPTED, or a negative error. Ready at
+ * once when decrypted or buffered bytes wait and want is SS_WANT_READ. */
 int ss_conn_wait(ss_conn_t *conn, int want, int32_t timeout_ms);
 
-/* Reads up to len bytes: returns the count, 0 at end of stream,
- * SS_IO_WANT_READ/WRITE when it would block, or a negative error. */
+/* Reads everything available without waiting, up to len bytes: returns the
+ * count, 0 at end of stream, SS_IO_WANT_READ/WRITE when nothing is there, or
+ * a negative error. On TLS it decrypts record after record from one recv
+ * (two when the first filled the buffer); a count below len means nothing
+ * complete is left in a buffer, so waiting for the socket is right. */
 int64_t ss_conn_read(ss_conn_t *conn, char *buf, size_t len);
 
-/* Writes up to len bytes: returns the count (> 0), SS_IO_WANT_READ/WRITE when
- * nothing could be written without blocking, or a negative error. */
+/* ss_conn_read, waiting up to timeout_ms (-1: no limit) for the first byte:
+ * the count, 0 at end of stream, SS_IO_TIMEOUT, SS_IO_INTERRUPTED, or a
+ * negative error. */
+int64_t ss_conn_read_wait(ss_conn_t *conn, char *buf, size_t len, int32_t timeout_ms);
+
+/* Writes as much of len bytes as the socket takes now (on TLS record after
+ * record): returns the count (> 0), SS_IO_WANT_READ/WRITE when nothing could
+ * be written without blocking, or a negative error. */
 int64_t ss_conn_write(ss_conn_t *conn, const char *buf, size_t len);
+
+/* Writes all len bytes, waiting up to timeout_ms (-1: no limit) in all:
+ * returns the count written and sets *status to SS_OK (all of it),
+ * SS_IO_TIMEOUT, SS_IO_INTERRUPTED (call again with the rest) or an error. */
+int64_t ss_conn_write_wait(ss_conn_t *conn, const char *buf, size_t len, int32_t timeout_ms, int32_t *status);
 
 /* Datagram sockets: receive one datagram and its sender's address as text
  * ("127.0.0.1:53", "[::1]:53", a unix path, which may start with NUL) of

@@ -174,13 +174,84 @@ static int free_buffers_is_safe(unsigned long version)
 }
 
 /* A connection waiting to read hands OpenSSL's two record buffers (about 33 KB)
- * back until data comes, so an idle or handshaking connection costs far less;
- * they come back from malloc when the next record arrives. */
+ * and its own read buffer back until data comes, so an idle or handshaking
+ * connection costs far less; they come back from malloc when the next record
+ * arrives. */
 static int waiting_to_read(ss_conn_t *conn)
 {
     if (conn->tls->free_idle_buffers)
         SSL_free_buffers(conn->ssl); /* refuses, harmlessly, while a record is half read */
+    ss__sock_release_rbuf(conn);
     return SS_WANT_READ;
+}
+
+/* ---- the socket BIO -------------------------------------------------------
+ * OpenSSL reads the socket through the conn's read buffer (sock.c's
+ * ss__sock_fill) and writes to it directly. OpenSSL asks for exactly the
+ * record it is reading (no read-ahead), so one recv serves many records, and
+ * whatever follows the peer's close_notify stays in the buffer for the
+ * plaintext stream after enable_crypto(false). */
+
+static int socket_bio_read(BIO *bio, char *out, int len)
+{
+    ss_conn_t *conn = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    ssize_t have = ss__sock_fill(conn);
+    if (have <= 0) {
+        if (have == 0) /* OpenSSL asks BIO_eof whether a 0 means the end */
+            BIO_set_flags(bio, BIO_FLAGS_IN_EOF);
+        else if (errno == EAGAIN || errno == EWOULDBLOCK)
+            BIO_set_retry_read(bio);
+        return (int)have;
+    }
+    size_t n = (size_t)have < (size_t)len ? (size_t)have : (size_t)len;
+    memcpy(out, conn->rbuf + conn->rbuf_off, n);
+    conn->rbuf_off += n;
+    return (int)n;
+}
+
+static int socket_bio_write(BIO *bio, const char *in, int len)
+{
+    ss_conn_t *conn = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    ssize_t n;
+    do
+        n = send(conn->fd, in, (size_t)len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        BIO_set_retry_write(bio);
+    return (int)n;
+}
+
+static long socket_bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0;
+    case BIO_C_GET_FD: {
+        const ss_conn_t *conn = BIO_get_data(bio);
+        return conn->fd;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Per context, not per process: the library keeps no global state. The
+ * type is fixed rather than from BIO_get_new_index, whose 8-bit supply a
+ * long-running process that compiles many contexts would use up. */
+static BIO_METHOD *new_socket_bio_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR | 0x7d, "streamsock socket");
+    if (m && BIO_meth_set_write(m, socket_bio_write) && BIO_meth_set_read(m, socket_bio_read) &&
+        BIO_meth_set_ctrl(m, socket_bio_ctrl))
+        return m;
+    BIO_meth_free(m);
+    return NULL;
 }
 
 /* Settings shared by the main context and the per-SNI-name ones. */
@@ -265,6 +336,8 @@ ss_tls_ctx_t *ss_tls_ctx_new(const ss_tls_options_t *o, ss_error_info_t *err)
     ctx->allow_self_signed = o->allow_self_signed != 0;
     ctx->verify_depth = o->verify_depth;
     ERR_clear_error();
+    if (!(ctx->socket_bio = new_socket_bio_method()))
+        goto nomem;
     if (o->server && o->alpn_len) {
         ctx->alpn = malloc(o->alpn_len);
         if (!ctx->alpn)
@@ -330,6 +403,7 @@ void ss_tls_ctx_free(ss_tls_ctx_t *ctx)
     free(ctx->sni_ctxs);
     free(ctx->alpn);
     SSL_CTX_free(ctx->ssl_ctx);
+    BIO_meth_free(ctx->socket_bio);
     free(ctx);
 }
 
@@ -358,10 +432,14 @@ int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
     SSL *ssl = SSL_new(ctx->ssl_ctx);
     if (!ssl)
         return ss__fail_tls(&conn->err, SS_ERR_NOMEM, NULL, 0, "SSL_new failed");
-    if (SSL_set_fd(ssl, conn->fd) != 1) {
+    BIO *bio = BIO_new(ctx->socket_bio);
+    if (!bio) {
         SSL_free(ssl);
-        return ss__fail_tls(&conn->err, SS_ERR_TLS, NULL, 0, "SSL_set_fd failed");
+        return ss__fail_tls(&conn->err, SS_ERR_NOMEM, NULL, 0, "BIO_new failed");
     }
+    BIO_set_data(bio, conn);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(ssl, bio, bio); /* one reference, taken over by ssl */
     if (ctx->server) {
         SSL_set_accept_state(ssl);
     } else {
@@ -389,10 +467,6 @@ int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
         SSL_SESSION_free(conn->offer_session); /* the SSL holds its own reference now */
         conn->offer_session = NULL;
     }
-    /* One read per flight instead of two per record; never where plaintext may
-     * follow the TLS close (read-ahead would swallow it). */
-    if (conn->read_ahead)
-        SSL_set_read_ahead(ssl, 1);
     conn->ssl = ssl;
     conn->tls = ss__tls_ctx_ref(ctx);
     conn->shutdown_sent = 0;
@@ -521,39 +595,65 @@ int ss__tls_shutdown(ss_conn_t *conn)
     }
 }
 
+/* A failure after some bytes went through: the bytes are returned now, the
+ * failure by the next call (recorded now, while OpenSSL still has its reason). */
+static int64_t defer_failure(ss_conn_t *conn, int ret, const char *what, size_t done)
+{
+    conn->deferred_error = ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, ret, what);
+    return (int64_t)done;
+}
+
 int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len)
 {
-    ERR_clear_error();
-    int n = SSL_read(conn->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
-    if (n > 0)
-        return n;
-    switch (SSL_get_error(conn->ssl, n)) {
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    case SSL_ERROR_WANT_READ:
-        waiting_to_read(conn);
-        return SS_IO_WANT_READ;
-    case SSL_ERROR_WANT_WRITE:
-        return SS_IO_WANT_WRITE;
-    default:
-        return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, n, "TLS read failed");
+    size_t got = 0;
+    while (got < len) {
+        size_t n = 0;
+        ERR_clear_error();
+        if (SSL_read_ex(conn->ssl, buf + got, len - got, &n)) {
+            got += n;
+            continue;
+        }
+        switch (SSL_get_error(conn->ssl, 0)) {
+        case SSL_ERROR_ZERO_RETURN: /* repeats on the next call */
+            return (int64_t)got;
+        case SSL_ERROR_WANT_READ:
+            if (got)
+                return (int64_t)got;
+            waiting_to_read(conn);
+            return SS_IO_WANT_READ;
+        case SSL_ERROR_WANT_WRITE:
+            return got ? (int64_t)got : SS_IO_WANT_WRITE;
+        default:
+            if (got)
+                return defer_failure(conn, 0, "TLS read failed", got);
+            return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, 0, "TLS read failed");
+        }
     }
+    return (int64_t)got;
 }
 
 int64_t ss__tls_write(ss_conn_t *conn, const char *buf, size_t len)
 {
-    ERR_clear_error();
-    int n = SSL_write(conn->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
-    if (n > 0)
-        return n;
-    switch (SSL_get_error(conn->ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-        return SS_IO_WANT_READ;
-    case SSL_ERROR_WANT_WRITE:
-        return SS_IO_WANT_WRITE;
-    default:
-        return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, n, "TLS write failed");
+    size_t done = 0;
+    while (done < len) {
+        size_t n = 0;
+        ERR_clear_error();
+        if (SSL_write_ex(conn->ssl, buf + done, len - done, &n)) {
+            done += n;
+            continue;
+        }
+        switch (SSL_get_error(conn->ssl, 0)) {
+        case SSL_ERROR_WANT_READ:
+            return done ? (int64_t)done : SS_IO_WANT_READ;
+        case SSL_ERROR_WANT_WRITE:
+            return done ? (int64_t)done : SS_IO_WANT_WRITE;
+        default:
+            if (done)
+                return defer_failure(conn, 0, "TLS write failed", done);
+            return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, 0, "TLS write failed");
+        }
     }
+    return (int64_t)done;
 }
 
 static void copy_text(char *out, size_t cap, const char *text)

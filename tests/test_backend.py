@@ -45,7 +45,7 @@ def test_requested_native_without_the_core_is_an_error_not_a_fallback():
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'streamsock._core': raise ImportError('blocked for the test')\n"
+        "        if name == 'streamsock._native._core': raise ImportError('blocked for the test')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import streamsock\n"
     )

@@ -96,10 +96,10 @@ def test_socket_options_reach_the_socket(backend, udp_echo, tls_server):
         assert _sockopt(s, socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
         assert _sockopt(s, socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
     with backend.client(f"tcp://127.0.0.1:{tls_server.port}", timeout=5,
-                        context=ss.Context(socket={"tcp_nodelay": True})) as s:
-        assert _sockopt(s, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-    with backend.client(f"tcp://127.0.0.1:{tls_server.port}", timeout=5) as s:
+                        context=ss.Context(socket={"tcp_nodelay": False})) as s:
         assert _sockopt(s, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    with backend.client(f"tcp://127.0.0.1:{tls_server.port}", timeout=5) as s:
+        assert _sockopt(s, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # on by default, as in asyncio
 
 
 def test_server_socket_options(backend):

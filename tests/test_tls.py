@@ -243,4 +243,8 @@ def test_one_context_is_compiled_once_and_shared(backend, pki, tls_server):
     for _ in range(3):
         with backend.client(f"tls://localhost:{tls_server.port}", timeout=5, context=ctx):
             pass
-    assert len(ctx._compiled) == 1
+    compiled = backend.tls_context(ctx, False, ss.Transport.TLS)
+    assert backend.tls_context(ctx, False, ss.Transport.TLS) is compiled
+    assert backend.tls_context(ctx_for(pki), False, ss.Transport.TLS) is compiled  # equal options share it
+    ctx.set_option("ssl", "verify_depth", 5)
+    assert backend.tls_context(ctx, False, ss.Transport.TLS) is not compiled  # changed options: built anew

@@ -1,4 +1,12 @@
-"""Backend selection: the native C core when it is built, pure Python otherwise.
+"""The backend boundary: what a backend provides, checked when it loads, and
+which one is used.
+
+A backend is a package (``_native``: the C core; ``_pure``: the standard
+library) whose module provides :class:`BackendModule`, whose connections
+provide :class:`Connection` and whose engine provides :class:`Engine`.
+Everything above it (``stream.py``, ``aio.py``, ``probe.py``) speaks only
+through :class:`Backend`, never to a backend's module directly, and never
+asks which backend it has: what differs is declared in ``FEATURES``.
 
 ``STREAMSOCK_BACKEND=native`` or ``=pure`` chooses explicitly; asking for the
 native backend when it is not built is an error, never a silent fallback.
@@ -8,46 +16,190 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from types import ModuleType
-from . import stream as _stream
-from .address import Address, join
+from typing import Any, Iterable, Iterator, Protocol
 
-__all__ = ["Backend", "BackendUnavailableError", "get", "select"]
+from . import stream as _stream
+from .address import Address, AddressBatch, Transport, join
+from .context import Context, TLSSettings, check_version_range
+
+__all__ = ["Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "get", "select"]
 
 NAMES = ("native", "pure")
 ENV = "STREAMSOCK_BACKEND"
 
+# What a connection's non-blocking calls return besides data (the C core's values).
+DONE, WANT_READ, WANT_WRITE = 0, 1, 2
+
+
+class Connection(Protocol):
+    """One socket of a backend, as a non-blocking state machine.
+
+    ``step`` advances connect / TLS handshake / TLS shutdown and returns DONE,
+    WANT_READ or WANT_WRITE; errors raise the specific StreamSocketError and
+    stick. ``read(size)`` returns bytes (``b""`` at end of stream) or a want:
+    everything readable without waiting, up to ``size``, so a read that returns
+    less than ``size`` leaves no complete data behind in a buffer of ours or
+    of TLS, and waiting for the socket is then right. ``write`` writes as much
+    as it can (count > 0, or -WANT_*). ``read_wait``/``write_wait`` are the
+    blocking forms (one call each); ``run`` drives ``step`` to DONE blocking.
+    ``context`` (str or (words, address)) prefixes a raised error's message.
+    """
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def is_tls(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def step(self, context: Any = None) -> int: ...
+    def run(self, timeout: float | None, context: Any = None) -> None: ...
+    def wait(self, want: int, timeout: float | None) -> bool: ...
+    def read(self, size: int) -> bytes | int: ...
+    def read_wait(self, size: int, timeout: float | None) -> bytes | None: ...
+    def write(self, data: Any) -> int: ...
+    def write_wait(self, data: Any, timeout: float | None) -> int: ...
+    def recvfrom(self, size: int) -> tuple[bytes, str] | int: ...
+    def sendto(self, data: Any, address: Address) -> int: ...
+    def accept(self) -> "Connection | None": ...
+    def start_tls(self, tls: Any, peer_name: str | None, verify_peer_name: bool, sni_enabled: bool,
+                  session_from: Any = None) -> None: ...
+    def stop_tls(self) -> None: ...
+    def shutdown(self, how: int) -> None: ...
+    def close(self) -> None: ...
+    def pending(self) -> int: ...
+    def name(self, peer: bool) -> str: ...
+    def tls_info(self) -> dict: ...
+    def peer_certs(self, chain: bool) -> list[bytes]: ...
+
+
+class Engine(Protocol):
+    """Many probes at once (``probe()``'s driver). ``add`` queues one; ``take``
+    returns finished ones as records laid out as ``_native.engine.Engine.take``
+    documents, waiting up to ``timeout_ms`` for the first."""
+
+    def add(self, index: int, address: Address, tls: Any, starttls_tls: Any) -> None: ...
+    def take(self, timeout_ms: int) -> list[tuple]: ...
+    def close(self) -> None: ...
+
+
+class BackendModule(Protocol):
+    """What a backend package's module provides."""
+
+    NAME: str
+    FEATURES: frozenset[str]
+    Connection: type  # its connection class, checked against Connection
+    engine: type      # its engine class (options, context), checked against Engine
+
+    def parse(self, text: str) -> Address: ...
+    def parse_many(self, texts: Iterable[str], errors: str = "raise") -> list: ...
+    def parse_batch(self, texts: Iterable[str]) -> AddressBatch: ...
+    def openssl_version(self) -> str: ...
+    def available_transports(self) -> tuple[str, ...]: ...
+    def compile_tls(self, settings: TLSSettings) -> Any: ...
+    def open_client(self, address: Address, context: Context, tls: Any) -> Connection: ...
+    def open_server(self, address: Address, context: Context, tls: Any) -> Connection: ...
+    def self_signed(self, name: str, days: int) -> tuple[str, str]: ...
+
+
+def _members(protocol: type) -> set[str]:
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {name for name in vars(protocol) if not name.startswith("_")}
+    return names
+
+
+def _has(cls: type, name: str) -> bool:
+    """The class defines ``name``, or declares it as an instance attribute."""
+    return hasattr(cls, name) or any(name in getattr(c, "__annotations__", {}) for c in cls.__mro__)
+
+
+def _check_surface(module: ModuleType) -> None:
+    """A backend that lacks part of the surface fails when it loads, not mid-call."""
+    missing = [name for name in sorted(_members(BackendModule)) if not hasattr(module, name)]
+    for attribute, protocol in (("Connection", Connection), ("engine", Engine)):
+        cls = getattr(module, attribute, None)
+        if cls is not None:
+            missing += [f"{attribute}.{name}" for name in sorted(_members(protocol)) if not _has(cls, name)]
+    if missing:
+        raise BackendUnavailableError(f"the {module.__name__} backend lacks {', '.join(missing)}")
+
+
+_TLS_CACHE_MAX = 256  # compiled TLS contexts kept per backend
+
 
 class Backend:
     """One backend's public surface; ``streamsock``'s own functions are those
-    of the active one. Obtain others with :func:`streamsock.get_backend`."""
+    of the active one. Obtain others with :func:`streamsock.get_backend`.
 
-    def __init__(self, impl: ModuleType) -> None:
-        self._impl = impl
-        self.name: str = impl.NAME
-        self.parse = impl.parse
-        self.parse_many = impl.parse_many
-        self.parse_batch = impl.parse_batch
+    It also keeps what the backend compiles from a Context (TLS contexts),
+    keyed by the Context's options, so a Context never holds backend state."""
+
+    def __init__(self, module: ModuleType) -> None:
+        _check_surface(module)
+        self.name: str = module.NAME
+        self.features: frozenset[str] = module.FEATURES
+        self.parse = module.parse
+        self.parse_many = module.parse_many
+        self.parse_batch = module.parse_batch
+        self.open_client = module.open_client
+        self.open_server = module.open_server
+        self._module = module
+        self._tls_by_use: dict[tuple, Any] = {}
+        self._tls_by_settings: dict[TLSSettings, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- for the drivers (stream.py, aio.py, probe.py) ----------------------------------------
+
+    def tls_context(self, context: Context, server: bool, transport: Transport | None = None,
+                    method: int | None = None) -> Any:
+        """The compiled TLS context for one use of ``context``: computed and
+        built once, then a dictionary look-up per connection. Contexts with the
+        same settings share one."""
+        key = (context.cache_key, server, transport, method)
+        found = self._tls_by_use.get(key)
+        if found is None:
+            settings = check_version_range(context.tls_settings(server, transport, method), self)
+            with self._lock:
+                found = self._tls_by_settings.get(settings)
+                if found is None:
+                    if len(self._tls_by_settings) >= _TLS_CACHE_MAX:
+                        self._tls_by_settings.clear()  # connections keep what they use alive
+                    found = self._tls_by_settings[settings] = self._module.compile_tls(settings)
+                if len(self._tls_by_use) >= _TLS_CACHE_MAX:
+                    self._tls_by_use.clear()
+                self._tls_by_use[key] = found
+        return found
+
+    def engine(self, options: Any, context: Context) -> Engine:
+        """A probe engine for ``options`` (probe.ProbeOptions) and ``context``."""
+        return self._module.engine(options, context)
+
+    # -- the public surface -------------------------------------------------------------------
 
     def join(self, host: str, port: int | None = None) -> Address:
         """PHP ``fsockopen``-style joining of a host and a port into an Address."""
         return join(self.parse, host, port)
 
-    def client(self, address, timeout=None, context=None, flags=_stream.CLIENT_CONNECT) -> _stream.Stream:
+    def client(self, address: Address | str, timeout: float | None = None, context: Context | None = None,
+               flags: int = _stream.CLIENT_CONNECT) -> _stream.Stream:
         """PHP's stream_socket_client; see :func:`streamsock.client`."""
         return _stream.client(self, address, timeout, context, flags)
 
-    def fsockopen(self, host: str, port: int | None = None, timeout=None, context=None) -> _stream.Stream:
+    def fsockopen(self, host: str, port: int | None = None, timeout: float | None = None,
+                  context: Context | None = None) -> _stream.Stream:
         """PHP's fsockopen; see :func:`streamsock.fsockopen`."""
         return _stream.fsockopen(self, host, port, timeout, context)
 
-    def server(self, address, flags=_stream.SERVER_BIND | _stream.SERVER_LISTEN, context=None) -> _stream.Server:
+    def server(self, address: Address | str, flags: int = _stream.SERVER_BIND | _stream.SERVER_LISTEN,
+               context: Context | None = None) -> _stream.Server:
         """PHP's stream_socket_server; see :func:`streamsock.server`."""
         return _stream.server(self, address, flags, context)
 
-    def probe(self, targets, concurrency=100, timeout=5.0, context=None, *, connect_timeout=None,
-              handshake_timeout=None, payload=b"", banner=0, capture_chain=False, starttls=None, rate=None,
-              resume=False):
+    def probe(self, targets: Iterable[str | Address], concurrency: int = 100, timeout: float = 5.0,
+              context: Context | None = None, *, connect_timeout: float | None = None,
+              handshake_timeout: float | None = None, payload: bytes = b"", banner: int = 0,
+              capture_chain: bool = False, starttls: str | None = None, rate: float | None = None,
+              resume: bool = False) -> Iterator:
         """Probe many targets at once; see :func:`streamsock.probe`."""
         from .probe import ProbeOptions, probe
 
@@ -58,15 +210,15 @@ class Backend:
     def self_signed(self, name: str = "localhost", days: int = 30) -> tuple[str, str]:
         """A fresh self-signed certificate and key (PEM) for ``name``, 127.0.0.1
         and ::1: for local servers and tests, never for production trust."""
-        return self._impl.self_signed(name, days)
+        return self._module.self_signed(name, days)
 
     def openssl_version(self) -> str:
         """The OpenSSL this backend is linked to."""
-        return self._impl.openssl_version()
+        return self._module.openssl_version()
 
     def available_transports(self) -> tuple[str, ...]:
         """The transports this backend can use with its OpenSSL."""
-        return self._impl.available_transports()
+        return self._module.available_transports()
 
     def __repr__(self) -> str:
         return f"<streamsock backend {self.name!r}>"
@@ -105,5 +257,3 @@ def select() -> Backend:
         return get("native")
     except BackendUnavailableError:
         return get("pure")
-
-

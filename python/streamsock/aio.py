@@ -1,18 +1,25 @@
 """asyncio integration: the same backend connections, driven by the event loop.
 
-A backend connection (``_native.NativeConnection`` or ``_pure.PureConnection``)
-is a non-blocking state machine: ``step()``, ``read()`` and ``write()`` say
-WANT_READ or WANT_WRITE when they need the socket, and this module waits for
-that with ``loop.add_reader`` / ``loop.add_writer`` instead of blocking
-(``conn.run`` and ``conn.wait`` are never called). The stream state itself
-(read buffer, metadata, the post-handshake checks) is an ordinary
-:class:`~streamsock.Stream` used only as a holder, so both APIs report the
-same things and raise the same exceptions.
+A backend connection is a non-blocking state machine: ``step()``, ``read()``
+and ``write()`` say WANT_READ or WANT_WRITE when they need the socket, and
+this module waits for that with ``loop.add_reader`` / ``loop.add_writer``
+instead of blocking (``run``, ``wait`` and the ``*_wait`` calls are never
+used). The stream's state (buffer, metadata, the post-handshake checks) is
+the same sans-IO :class:`~streamsock._state.StreamState` the blocking
+:class:`~streamsock.Stream` drives, so both APIs report the same things and
+raise the same exceptions.
 
 >>> async def main():
 ...     async with await streamsock.aio.client("tls://example.com:443", timeout=5) as s:
 ...         await s.write(b"GET / HTTP/1.0\\r\\nHost: example.com\\r\\n\\r\\n")
 ...         print(await s.readline())
+
+The data path: a stream watches its socket for reading once, while someone
+reads, and keeps the registration between reads (no add/remove per read).
+When the socket becomes readable the loop's callback reads everything the
+connection has (one call into the backend), hands it to the stream's state
+and wakes the reader; a TLS record that is still incomplete wakes nobody.
+Writes go straight to the connection and wait only when the socket is full.
 
 Host names are resolved with ``loop.getaddrinfo`` (the core's resolver would
 block the loop); the name stays the TLS peer name (verification and SNI).
@@ -25,83 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from . import _backend
 from . import errors as _e
 from . import stream as _stream
+from ._resolve import resolve
+from ._state import CHUNK, StreamState
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
 __all__ = ["AsyncStream", "AsyncServer", "client", "server"]
 
 DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRITE
-_CHUNK = _stream._CHUNK
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
-
-
-class _Waiter:
-    """Futures waiting for one connection's socket to become readable or
-    writable; one loop registration per direction, however many wait."""
-
-    __slots__ = ("loop", "conn", "futures", "fds")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn) -> None:
-        self.loop = loop
-        self.conn = conn
-        self.futures: dict[int, set] = {WANT_READ: set(), WANT_WRITE: set()}
-        self.fds: dict[int, int | None] = {WANT_READ: None, WANT_WRITE: None}
-
-    async def wait(self, want: int) -> None:
-        if want not in (WANT_READ, WANT_WRITE):
-            raise _e.error(_e.STATE, f"unexpected want {want!r} from the connection")
-        fd = self.conn.fileno() if self.conn is not None else -1
-        if fd < 0:
-            raise _e.error(_e.CLOSED)
-        if self.fds[want] not in (None, fd):  # the connection moved to another socket
-            self._unregister(want)
-        if self.fds[want] is None:
-            if want == WANT_READ:
-                self.loop.add_reader(fd, self._ready, want)
-            else:
-                self.loop.add_writer(fd, self._ready, want)
-            self.fds[want] = fd
-        future = self.loop.create_future()
-        waiting = self.futures[want]
-        waiting.add(future)
-        try:
-            await future
-        finally:
-            waiting.discard(future)
-            if not waiting:
-                self._unregister(want)
-
-    def _ready(self, want: int) -> None:
-        self._unregister(want)
-        for future in self.futures[want]:
-            if not future.done():
-                future.set_result(None)
-
-    def _unregister(self, want: int) -> None:
-        fd = self.fds[want]
-        if fd is None:
-            return
-        self.fds[want] = None
-        if want == WANT_READ:
-            self.loop.remove_reader(fd)
-        else:
-            self.loop.remove_writer(fd)
-
-    def close(self) -> None:
-        """Before the connection closes its socket: nothing stays registered,
-        and whoever waits wakes up with ClosedError."""
-        for want in (WANT_READ, WANT_WRITE):
-            self._unregister(want)
-            for future in self.futures[want]:
-                if not future.done():
-                    future.set_exception(_e.error(_e.CLOSED, "stream closed while waiting"))
-        self.conn = None
+_READ_MAX = 262144  # bytes taken from the connection per readiness event at most
 
 
 class AsyncStream:
@@ -109,26 +54,25 @@ class AsyncStream:
     semantics). One task may read while another writes; a second concurrent
     reader (or writer) gets SS_ERR_BUSY, as does any I/O during a handshake."""
 
-    __slots__ = ("_s", "_waiter", "_reading", "_writing", "__weakref__")
+    __slots__ = ("_st", "_loop", "_reading", "_writing", "_read_waiter", "_step_waiter", "_write_waiter",
+                 "_read_fd", "_write_fd", "_may_hold_more", "__weakref__")
 
-    def __init__(self, conn, backend, address: Address, context: Context, *, server_side: bool = False,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._s = _stream.Stream(conn, backend, address, context, server_side=server_side)
-        self._s._blocking = False  # for meta: nothing here ever blocks
-        self._waiter = _Waiter(loop or asyncio.get_running_loop(), conn)
+    def __init__(self, state: StreamState, loop: asyncio.AbstractEventLoop) -> None:
+        self._st = state
+        self._loop = loop
         self._reading = False
         self._writing = False
+        self._read_waiter: asyncio.Future | None = None   # a read waiting for data
+        self._step_waiter: asyncio.Future | None = None   # a handshake step waiting for readability
+        self._write_waiter: asyncio.Future | None = None
+        self._read_fd = -1   # the fd watched for reading, -1: none
+        self._write_fd = -1
+        self._may_hold_more = True  # the connection may have data without the socket becoming readable
 
-    # -- plumbing -----------------------------------------------------------
-
-    def _live(self):
-        conn = self._s._conn
-        if conn is None:
-            raise _e.error(_e.CLOSED)
-        return conn
+    # -- plumbing -------------------------------------------------------------------------------
 
     def _claim(self, read: bool, write: bool):
-        conn = self._live()
+        conn = self._st.live()
         if (read and self._reading) or (write and self._writing):
             raise _e.error(_e.BUSY, "stream is in use by another task")
         if read:
@@ -143,49 +87,137 @@ class AsyncStream:
         if write:
             self._writing = False
 
+    def _watch_read(self, conn) -> None:
+        fd = conn.fileno()
+        if fd != self._read_fd:
+            if fd < 0:
+                raise _e.error(_e.CLOSED)
+            self._unwatch_read()
+            self._loop.add_reader(fd, self._on_readable)
+            self._read_fd = fd
+
+    def _unwatch_read(self) -> None:
+        if self._read_fd >= 0:
+            self._loop.remove_reader(self._read_fd)
+            self._read_fd = -1
+
+    def _on_readable(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            conn = self._st.conn
+            try:
+                data = conn.read(_READ_MAX)
+            except BaseException as exc:  # the reader raises it
+                waiter.set_exception(exc)
+                return
+            if type(data) is bytes:
+                self._st.feed(data)
+                self._may_hold_more = len(data) >= _READ_MAX
+                waiter.set_result(None)
+            elif data == WANT_WRITE:  # TLS must write before it can read on (a key update)
+                waiter.set_result(WANT_WRITE)
+            return  # WANT_READ: an incomplete record; the reader sleeps on
+        waiter = self._step_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+            return
+        self._unwatch_read()  # nobody waits: stop watching until someone does
+
+    async def _readable(self, conn) -> None:
+        """Waits until the socket is readable (for a handshake step)."""
+        self._watch_read(conn)
+        self._step_waiter = waiter = self._loop.create_future()
+        try:
+            await waiter
+        except BaseException:
+            self._unwatch_read()  # cancelled: an idle stream keeps nothing registered
+            raise
+        finally:
+            self._step_waiter = None
+
+    async def _writable(self, conn) -> None:
+        fd = conn.fileno()
+        if fd < 0:
+            raise _e.error(_e.CLOSED)
+        self._write_waiter = waiter = self._loop.create_future()
+        self._loop.add_writer(fd, self._on_writable)
+        self._write_fd = fd
+        try:
+            await waiter
+        finally:
+            self._write_waiter = None
+            if self._write_fd >= 0:
+                self._loop.remove_writer(self._write_fd)
+                self._write_fd = -1
+
+    def _on_writable(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, conn, want: int) -> None:
+        if want == WANT_READ:
+            await self._readable(conn)
+        elif want == WANT_WRITE:
+            await self._writable(conn)
+        else:
+            raise _e.error(_e.STATE, f"unexpected want {want!r} from the connection")
+
     async def _handshake(self) -> None:
         """Drives connect / TLS handshake / TLS shutdown to DONE, then runs
         the post-handshake checks (peer_fingerprint, capture_peer_cert)."""
-        conn = self._live()
-        context = self._s._pending_context
-        while True:
-            rc = conn.step(context)
-            if rc == DONE:
-                break
-            await self._waiter.wait(rc)
-        self._s._after_handshake()
+        st = self._st
+        conn = st.live()
+        while (rc := conn.step(st.pending_context)) != DONE:
+            await self._wait(conn, rc)
+        self._may_hold_more = True  # the handshake's last read may have taken data too
+        st.after_handshake()
 
-    async def _recv(self, size: int) -> bytes:
-        conn = self._live()
-        while True:
-            data = conn.read(size)
+    async def _fill(self) -> None:
+        """Gets more bytes into the stream's state (``b""``: the end)."""
+        st = self._st
+        conn = st.live()
+        if self._may_hold_more:
+            data = conn.read(_READ_MAX)
             if type(data) is bytes:
-                if not data:
-                    self._s._eof = True
-                return data
-            await self._waiter.wait(data)
+                self._may_hold_more = len(data) >= _READ_MAX
+                st.feed(data)
+                return
+            self._may_hold_more = False
+            if data == WANT_WRITE:
+                await self._writable(conn)
+                self._may_hold_more = True
+                return
+        self._watch_read(conn)
+        self._read_waiter = waiter = self._loop.create_future()
+        try:
+            result = await waiter
+        except BaseException:
+            self._unwatch_read()  # cancelled: an idle stream keeps nothing registered
+            raise
+        finally:
+            self._read_waiter = None
+        if result == WANT_WRITE:
+            await self._writable(conn)
+            self._may_hold_more = True
 
     # -- reading --------------------------------------------------------------
 
-    async def read(self, size: int = _CHUNK) -> bytes:
+    async def read(self, size: int = CHUNK) -> bytes:
         """Up to ``size`` bytes as soon as any are there; ``b""`` at end of
         stream. ``size=-1`` reads to the end of the stream."""
+        st = self._st
+        if size >= 0 and not self._reading and st.conn is not None and (out := st.read_now(size)) is not None:
+            return out  # buffered: no waiting, no claim needed
         self._claim(True, False)
         try:
-            buf = self._s._rbuf
             if size < 0:
-                while True:  # kept in the buffer until the end: cancelling loses nothing
-                    data = await self._recv(65536)
-                    if not data:
-                        out = bytes(buf)
-                        buf.clear()
-                        return out
-                    buf += data
-            if buf:
-                return _stream.take(buf, size)
-            if size == 0:
-                return b""
-            return _stream.keep_rest(buf, await self._recv(max(size, _CHUNK)), size)
+                while (out := st.all_now()) is None:
+                    await self._fill()
+                return out
+            while (out := st.read_now(size)) is None:
+                await self._fill()
+            return out
         finally:
             self._release(True, False)
 
@@ -194,16 +226,10 @@ class AsyncStream:
         ``b""`` at end of stream (PHP's fgets)."""
         self._claim(True, False)
         try:
-            buf = self._s._rbuf
-            scanned = 0
-            while (end := _stream.line_end(buf, scanned, limit)) < 0:
-                scanned = len(buf)
-                data = await self._recv(_CHUNK)
-                if not data:  # end of stream: the last line has no b"\n"
-                    end = len(buf)
-                    break
-                buf += data
-            return _stream.take(buf, end)
+            st = self._st
+            while (out := st.line_now(limit)) is None:
+                await self._fill()
+            return out
         finally:
             self._release(True, False)
 
@@ -224,14 +250,21 @@ class AsyncStream:
         stream is closed (the peer got an unknown part of the data)."""
         conn = self._claim(False, True)
         try:
-            view = memoryview(data).cast("B")
-            total = 0
-            while total < len(view):
+            view = data if type(data) is bytes else memoryview(data).cast("B")
+            size = len(view)
+            total = conn.write(view)
+            if total == size:
+                return total  # the common case: it all fitted
+            if total < 0:
+                await self._wait(conn, -total)
+                total = 0
+            view = memoryview(view)
+            while total < size:
                 n = conn.write(view[total:])
                 if n > 0:
                     total += n
-                    continue
-                await self._waiter.wait(-n if n < 0 else WANT_WRITE)
+                else:
+                    await self._wait(conn, -n if n < 0 else WANT_WRITE)
             return total
         except asyncio.CancelledError:
             self.close()
@@ -248,11 +281,9 @@ class AsyncStream:
         starts is refused (SS_ERR_STARTTLS_BUFFERED). Cancelled during the
         handshake, the stream is closed."""
         self._claim(True, True)
-        s = self._s
         try:
-            other = session_stream._s if isinstance(session_stream, AsyncStream) else session_stream
-            s._begin_crypto_change(enable, method, other)
-            s._pending_context = "Failed to enable crypto"
+            other = session_stream._st if session_stream is not None else None
+            self._st.begin_crypto_change(enable, method, other)
             try:
                 await self._handshake()
             except asyncio.CancelledError:
@@ -266,65 +297,75 @@ class AsyncStream:
 
     @property
     def address(self) -> Address:
-        return self._s.address
+        return self._st.address
 
     @property
     def context(self) -> Context:
-        return self._s.context
+        return self._st.context
 
     @property
     def closed(self) -> bool:
-        return self._s._conn is None
+        return self._st.conn is None
 
     @property
     def eof(self) -> bool:
-        return self._s.eof
+        return self._st.eof and not self._st.buffered()
 
     def fileno(self) -> int:
-        return self._s.fileno()
+        return self._st.live().fileno()
 
     def buffered(self) -> int:
-        return self._s.buffered()
+        return self._st.pending()
 
     @property
     def local_name(self) -> str:
-        return self._s.local_name
+        return self._st.name(False)
 
     @property
     def peer_name(self) -> str:
-        return self._s.peer_name
+        return self._st.name(True)
 
     @property
     def crypto(self) -> dict[str, Any] | None:
-        return self._s.crypto
+        return self._st.crypto()
 
     @property
     def tls_info(self) -> dict[str, Any] | None:
-        return self._s.tls_info
+        return self._st.tls_info()
 
     @property
     def meta(self) -> dict[str, Any]:
-        return self._s.meta
+        return self._st.meta(False)  # nothing here ever blocks
 
     @property
     def peer_certificate(self):
-        return self._s.peer_certificate
+        return self._st.peer_certificate
 
     @property
     def peer_certificate_chain(self):
-        return self._s.peer_certificate_chain
+        return self._st.peer_certificate_chain
 
     # -- closing ----------------------------------------------------------------
 
     def shutdown(self, how: int = _stream.SHUT_RDWR) -> None:
         """PHP's stream_socket_shutdown (never waits)."""
-        self._live().shutdown(how)
+        self._st.live().shutdown(how)
 
     def close(self) -> None:
         """Closes the stream (TLS close_notify is sent when it fits); idempotent.
         A task waiting on the stream wakes up with ClosedError."""
-        self._waiter.close()  # unregister before the socket goes away
-        self._s.close()
+        # Unregister before the socket goes away, then wake whoever waits.
+        self._unwatch_read()
+        if self._write_fd >= 0:
+            self._loop.remove_writer(self._write_fd)
+            self._write_fd = -1
+        for waiter in (self._read_waiter, self._step_waiter, self._write_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_e.error(_e.CLOSED, "stream closed while waiting"))
+        st = self._st
+        conn, st.conn = st.conn, None
+        if conn is not None:
+            conn.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -336,47 +377,17 @@ class AsyncStream:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._s._conn is None else self._s._conn.state
-        return f"<AsyncStream {self._s.address} {state}>"
-
+        return f"<AsyncStream {self._st.address} {self._st.describe()}>"
 
 
 # --- client ---------------------------------------------------------------------------------
 
 
-async def _resolve(loop, address: Address, context_words) -> list[str]:
-    """The numeric hosts of ``address.host``, in getaddrinfo's order."""
-    stype = socket.SOCK_DGRAM if address.transport.datagram else socket.SOCK_STREAM
-    flags = socket.AI_NUMERICSERV | socket.AI_ADDRCONFIG
-    host, port = address.host, address.port or 0
-    try:
-        try:
-            infos = await loop.getaddrinfo(host, port, type=stype, flags=flags)
-        except socket.gaierror as exc:
-            if exc.errno not in (socket.EAI_ADDRFAMILY, socket.EAI_NONAME, socket.EAI_NODATA):
-                raise
-            infos = await loop.getaddrinfo(host, port, type=stype, flags=flags & ~socket.AI_ADDRCONFIG)
-    except socket.gaierror as exc:
-        raise _e.error(_e.RESOLVE, f"getaddrinfo for {host} failed: {exc.strerror}", context=context_words) from None
-    except UnicodeError as exc:
-        raise _e.error(_e.RESOLVE, f"getaddrinfo for {host} failed: {exc}", context=context_words) from None
-    hosts: list[str] = []
-    for _family, _type, _proto, _name, sockaddr in infos:
-        if sockaddr[0] not in hosts:
-            hosts.append(sockaddr[0])
-    if not hosts:
-        raise _e.error(_e.RESOLVE, f"getaddrinfo for {host} failed: no addresses", context=context_words)
-    return hosts
-
-
 async def _connect(loop, backend, a: Address, ctx: Context) -> AsyncStream:
     words = ("Unable to connect to", a)
-    impl = backend._impl
-    needs_resolving = a.host is not None and ip_literal(a.host) is None
-    if not needs_resolving:
-        tls = ctx.tls_context(backend, False, a.transport) if a.secure else None
-        stream = AsyncStream(impl.open_client(a, ctx, tls), backend, a, ctx, loop=loop)
-        stream._s._pending_context = words
+    tls = backend.tls_context(ctx, False, a.transport) if a.secure else None
+    if a.host is None or ip_literal(a.host) is not None:
+        stream = AsyncStream(StreamState(backend.open_client(a, ctx, tls), backend, a, ctx, ready=False), loop)
         try:
             await stream._handshake()
         except BaseException:
@@ -387,13 +398,12 @@ async def _connect(loop, backend, a: Address, ctx: Context) -> AsyncStream:
     # A host name: resolve without blocking the loop, connect to each address
     # in turn, then (ssl/tls) start TLS on the connection with the name as the
     # peer name, exactly what the backend does with the name itself.
-    tls = ctx.tls_context(backend, False, a.transport) if a.secure else None
     plain = Transport.UDP if a.transport.datagram else Transport.TCP
     last: BaseException | None = None
-    for host in await _resolve(loop, a, words):
+    for host in await resolve(loop, a, words):
         numeric = Address(plain, host, a.port)
-        stream = AsyncStream(impl.open_client(numeric, ctx, None), backend, a, ctx, loop=loop)
-        stream._s._pending_context = words
+        st = StreamState(backend.open_client(numeric, ctx, None), backend, a, ctx, ready=False)
+        stream = AsyncStream(st, loop)
         try:
             try:
                 await stream._handshake()
@@ -402,7 +412,7 @@ async def _connect(loop, backend, a: Address, ctx: Context) -> AsyncStream:
                 stream.close()
                 continue
             if tls is not None:
-                stream._live().start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
+                st.conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
                 await stream._handshake()
         except BaseException:
             stream.close()
@@ -419,9 +429,9 @@ async def client(address: Address | str, timeout: float | None = None, context: 
     socket timeout, 60 s; negative: no limit). Raises what the blocking
     :func:`streamsock.client` raises (TimeoutError errno 110, ConnectError, ...)."""
     backend = backend if backend is not None else _backend.select()
-    a = _stream._address_for(backend, address, needs_port=True)
+    a = _stream.address_for(backend, address, needs_port=True)
     ctx = context if context is not None else DEFAULT_CONTEXT
-    seconds = _stream._timeout_value(timeout)
+    seconds = _stream.timeout_value(timeout)
     loop = asyncio.get_running_loop()
     task = _connect(loop, backend, a, ctx)
     if seconds is None:
@@ -463,12 +473,11 @@ class AsyncServer:
         loop.add_reader(self._listening_fd, self._on_readable)
 
     def _on_readable(self) -> None:
-        impl = self._backend._impl
         for _ in range(64):
             if self._conn is None:
                 return
             try:
-                conn = impl.accept(self._conn)
+                conn = self._conn.accept()
             except _e.StreamSocketError as exc:  # EMFILE and friends: report, keep serving
                 self._loop.call_exception_handler(
                     {"message": f"accept on {self.address} failed", "exception": exc, "server": self})
@@ -480,8 +489,9 @@ class AsyncServer:
             task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, conn) -> None:
-        stream = AsyncStream(conn, self._backend, self.address, self.context, server_side=True, loop=self._loop)
-        stream._s._pending_context = "TLS handshake with the client failed"
+        st = StreamState(conn, self._backend, self.address, self.context, server_side=True)
+        st.pending_context = "TLS handshake with the client failed"
+        stream = AsyncStream(st, self._loop)
         try:
             if conn.state != "established":
                 try:
@@ -557,13 +567,13 @@ async def server(address: Address | str, handler: Handler, context: Context | No
     ``await handler(stream)`` for each connection. ssl/tls servers complete
     the handshake first, within ``handshake_timeout`` seconds (None: no limit)."""
     backend = backend if backend is not None else _backend.select()
-    a = _stream._address_for(backend, address, needs_port=True)
+    a = _stream.address_for(backend, address, needs_port=True)
     if a.transport.datagram:
         raise _e.error(_e.STATE, f"{a.transport.value} servers have no connections to serve")
     ctx = context if context is not None else DEFAULT_CONTEXT
-    tls = ctx.tls_context(backend, True, a.transport) if a.secure else None
+    tls = backend.tls_context(ctx, True, a.transport) if a.secure else None
     loop = asyncio.get_running_loop()
-    open_server = backend._impl.open_server
+    open_server = backend.open_server
     if a.host is not None and ip_literal(a.host) is None:
         # binding to a name resolves it (blocking): done off the loop
         future = loop.run_in_executor(None, open_server, a, ctx, tls)

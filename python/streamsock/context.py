@@ -2,9 +2,10 @@
 
 ``Context(ssl={...}, socket={...})`` takes PHP's option names. Unknown names
 and wrong types raise at construction, so a typo is an error rather than a
-silently ignored option. The compiled TLS contexts (one OpenSSL ``SSL_CTX`` per
-role and version range, the CA bundle loaded once) are built on first use and
-shared by every connection made with this Context.
+silently ignored option. A Context holds options only: each backend compiles
+them (one OpenSSL ``SSL_CTX`` per role and version range, the CA bundle loaded
+once) on first use and caches the result under ``cache_key``, which changes
+whenever an option does.
 """
 
 from __future__ import annotations
@@ -208,14 +209,12 @@ class Context:
     ...               socket={"tcp_nodelay": True})
     """
 
-    __slots__ = ("_ssl", "_socket", "_compiled", "_by_use", "_lock", "backend_cache")
+    __slots__ = ("_ssl", "_socket", "_key", "_lock")
 
     def __init__(self, ssl: Mapping[str, Any] | None = None, socket: Mapping[str, Any] | None = None) -> None:
         self._ssl: dict[str, Any] = {}
         self._socket: dict[str, Any] = {}
-        self._compiled: dict[tuple[str, TLSSettings], Any] = {}
-        self._by_use: dict[tuple, Any] = {}  # (backend, server, transport, method) -> compiled
-        self.backend_cache: dict[tuple, Any] = {}  # a backend's per-target data (native: option structs)
+        self._key = _CacheKey()
         self._lock = threading.Lock()
         self._apply(_check("ssl", ssl, _SSL_OPTIONS), _check("socket", socket, _SOCKET_OPTIONS))
 
@@ -231,9 +230,13 @@ class Context:
         with self._lock:
             self._ssl.update(ssl)
             self._socket.update(socket)
-            self._compiled.clear()
-            self._by_use.clear()
-            self.backend_cache.clear()
+            self._key = _CacheKey()
+
+    @property
+    def cache_key(self) -> object:
+        """Identifies this Context's current options: a backend caches what it
+        compiles from them under it. A new one after every set_option."""
+        return self._key
 
     @property
     def ssl(self) -> Mapping[str, Any]:
@@ -303,28 +306,6 @@ class Context:
             sni_certs=sni,
         )
 
-    def tls_context(self, backend, server: bool, transport: Transport | None = None, method: int | None = None):
-        """The backend's compiled TLS context for one use of this Context:
-        computed and built once, then a dictionary look-up per connection."""
-        key = (backend.name, server, transport, method)
-        found = self._by_use.get(key)
-        if found is None:
-            settings = check_version_range(self.tls_settings(server, transport, method), backend)
-            found = self.compiled(backend.name, settings, backend._impl.compile_tls)
-            self._by_use[key] = found
-        return found
-
-    def compiled(self, backend_name: str, settings: TLSSettings, build: Callable[[TLSSettings], Any]) -> Any:
-        """The backend's TLS context for ``settings``, built once and cached."""
-        key = (backend_name, settings)
-        found = self._compiled.get(key)
-        if found is None:
-            with self._lock:
-                found = self._compiled.get(key)
-                if found is None:
-                    found = self._compiled[key] = build(settings)
-        return found
-
     # -- per connection -----------------------------------------------------------
 
     def peer_name(self, address: Address) -> str | None:
@@ -351,6 +332,12 @@ class Context:
         if host in ("0", "0.0.0.0", "*", ""):
             host = None
         return host, -1 if address.port is None else address.port
+
+
+class _CacheKey:
+    """A unique, cheaply hashed token (hash and equality by identity)."""
+
+    __slots__ = ("__weakref__",)
 
 
 def _opt_path(value: Any) -> str | None:

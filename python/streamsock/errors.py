@@ -184,6 +184,8 @@ ERROR_CODES: dict[int, tuple[str, str]] = {
     STARTTLS_REFUSED: ("SS_ERR_STARTTLS_REFUSED", "the server refused STARTTLS"),
 }
 
+CODE_BY_NAME: dict[str, int] = {name: code for code, (name, _) in ERROR_CODES.items()}
+
 _CLASS_BY_CODE: dict[int, type[StreamSocketError]] = {
     RESOLVE: ConnectError,
     CONNECT: ConnectError,

@@ -1,181 +1,46 @@
-"""The pure-Python backend: the same internal surface as ``_native``, on the
+"""Connections of the pure backend: the twin of csrc/conn.c and sock.c, on the
 standard library alone (``socket``, ``ssl``).
 
-Theory of operation: the twin of csrc/conn.c. A PureConnection is a
-non-blocking socket plus, while TLS is on, an ssl.SSLObject over two MemoryBIOs
-that we pump by hand: TLS output goes from the outgoing BIO to the socket (what
-does not fit waits in ``_unsent``), socket input goes into the incoming BIO.
-States and their names match the C core's, and Stream drives both alike.
-Because we feed the incoming BIO ourselves, bytes that arrive after the peer's
-close_notify stay in it and go back to the plaintext stream when TLS ends
+Theory of operation: a PureConnection is a non-blocking socket plus, while
+TLS is on, an ssl.SSLObject over two MemoryBIOs that we pump by hand: TLS
+output goes from the outgoing BIO to the socket (what does not fit waits in
+``_unsent``), socket input goes into the incoming BIO. States and their names
+match the C core's, and the stream drivers drive both alike. Because we feed
+the incoming BIO ourselves, bytes that arrive after the peer's close_notify
+stay in it and go back to the plaintext stream when TLS ends
 (enable_crypto(False)). What Python's ssl cannot check during the handshake
 (allow_self_signed, a name without SNI, verify_depth) is checked right after
 it, before any application data moves.
-
-The address parser lives in ``address.py`` beside the types it builds.
 """
 
 from __future__ import annotations
 
+import datetime
 import errno as _errno
 import fcntl
+import math
 import os
-import re
 import select
 import socket
 import ssl
 import sys
 import termios
 import time
-import warnings
-from typing import Iterable
 
-from . import errors as _e
-from .address import (
-    Address,
-    PureAddressBatch,
-    Transport,
-    available_transports_pure,
-    ip_literal,
-    parse_many_pure,
-    parse_pure,
+from .. import errors as _e
+from ..address import Address, Transport, ip_literal
+from .tls import (
+    _X509_V_ERR_HOSTNAME_MISMATCH,
+    _X509_V_ERR_IP_ADDRESS_MISMATCH,
+    PureTLS,
+    cert_matches,
+    ssl_reason,
 )
-
-NAME = "pure"
-
-parse = parse_pure
-parse_many = parse_many_pure
-
-
-def parse_batch(texts: Iterable[str]) -> PureAddressBatch:
-    return PureAddressBatch(parse_pure, texts)
-
-
-def openssl_version() -> str:
-    return ssl.OPENSSL_VERSION
-
-
-def available_transports() -> tuple[str, ...]:
-    return available_transports_pure()
-
-
-# --- connections --------------------------------------------------------------------------
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 _RECV = 65536
 _RECORD = 16384  # TLS's largest record payload
 _HANDBACK_MAX = 1 << 20
-_X509_V_ERR_HOSTNAME_MISMATCH = 62
-_X509_V_ERR_IP_ADDRESS_MISMATCH = 64
-_REASON = re.compile(r"^\[[^\]]*\]\s*(.*?)\s*\(_ssl\.c:\d+\)$")
-
-
-class PureTLS:
-    """A compiled TLS context of the pure backend: ssl.SSLContext plus the
-    options Python's ssl module has no hook for (checked after the handshake)."""
-
-    __slots__ = ("ssl_context", "checked_context", "settings", "sni")
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self.sni: list[tuple[str, ssl.SSLContext]] = []
-        self.checked_context = None
-        try:
-            self.ssl_context = self._build(settings, settings.local_cert, settings.local_pk)
-            if not settings.server and settings.verify_peer and not settings.allow_self_signed:
-                self.checked_context = self._build(settings, settings.local_cert, settings.local_pk)
-                self.checked_context.check_hostname = True
-            for name, cert, key in settings.sni_certs:
-                self.sni.append((name, self._build(settings, cert, key)))
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise _e.error(_e.TLS_CONFIG, f"invalid TLS configuration: {_ssl_reason(exc)}") from exc
-        if settings.server:  # records the SNI name (tls_info) and picks SNI_server_certs
-            self.ssl_context.sni_callback = self._pick_certificate
-        if settings.server and not settings.local_cert and not settings.sni_certs:
-            raise _e.error(_e.TLS_CONFIG, "a TLS server needs local_cert (or SNI_server_certs)")
-
-    @staticmethod
-    def _build(s, cert: str | None, key: str | None) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if s.server else ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False  # names are checked per connection (peer_name, SNI_enabled)
-        ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0) | ssl.OP_NO_RENEGOTIATION
-        if s.disable_compression:
-            ctx.options |= ssl.OP_NO_COMPRESSION
-        if s.honor_cipher_order:
-            ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated, and asked for explicitly
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if s.min_version:
-                ctx.minimum_version = ssl.TLSVersion(s.min_version)
-            if s.max_version:
-                ctx.maximum_version = ssl.TLSVersion(s.max_version)
-        if s.ciphers or s.security_level >= 0:
-            ciphers = s.ciphers or "DEFAULT"
-            if s.security_level >= 0:
-                ciphers += f":@SECLEVEL={s.security_level}"
-            ctx.set_ciphers(ciphers)
-        # allow_self_signed needs a per-error decision Python's ssl cannot make
-        # during the handshake: verify afterwards instead (see _check_peer).
-        verify = s.verify_peer and not (s.allow_self_signed and not s.server)
-        ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
-        if s.verify_peer or not s.server:
-            if s.cafile or s.capath:
-                ctx.load_verify_locations(cafile=s.cafile, capath=s.capath)
-            else:
-                ctx.load_default_certs(ssl.Purpose.SERVER_AUTH if not s.server else ssl.Purpose.CLIENT_AUTH)
-        if cert:
-            ctx.load_cert_chain(cert, key, password=s.passphrase)
-        if s.alpn:
-            ctx.set_alpn_protocols(_alpn_names(s.alpn))
-        return ctx
-
-    def _pick_certificate(self, ssl_object, server_name, _ctx):
-        ssl_object.streamsock_sni = server_name
-        if server_name:
-            for pattern, ctx in self.sni:
-                if _name_matches(pattern, server_name):
-                    ssl_object.context = ctx
-                    break
-        return None
-
-
-def _alpn_names(wire: bytes) -> list[str]:
-    names, i = [], 0
-    while i < len(wire):
-        n = wire[i]
-        names.append(wire[i + 1 : i + 1 + n].decode("ascii"))
-        i += 1 + n
-    return names
-
-
-def _name_matches(pattern: str, name: str) -> bool:
-    pattern, name = pattern.lower(), name.lower()
-    if pattern == name:
-        return True
-    if pattern.startswith("*.") and pattern.count(".") >= 2:  # never "*.com"
-        head, dot, rest = name.partition(".")
-        return bool(head and dot) and "." + rest == pattern[1:]
-    return False
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    """OpenSSL's reason text, as the C core reports it ("wrong version number")."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {_verify_text(exc.verify_code, exc.verify_message)}"
-    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-        return "the peer closed the connection"
-    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
-    m = _REASON.match(text)
-    return m.group(1) if m else text
-
-
-def _verify_text(code: int, message: str) -> str:
-    # Python rewrites these two; the C core reports OpenSSL's own words.
-    if code == _X509_V_ERR_HOSTNAME_MISMATCH:
-        return "hostname mismatch"
-    if code == _X509_V_ERR_IP_ADDRESS_MISMATCH:
-        return "IP address mismatch"
-    return message
 
 
 def _format_sockaddr(family: int, sockaddr) -> str:
@@ -188,12 +53,10 @@ def _format_sockaddr(family: int, sockaddr) -> str:
     return sockaddr or ""
 
 
-def compile_tls(settings) -> PureTLS:
-    return PureTLS(settings)
-
-
 class PureConnection:
-    """socket + ssl behind the backend connection interface (see _native.NativeConnection)."""
+    """socket + ssl behind the backend's Connection surface (``_backend.Connection``)."""
+
+    state: str  # the C core's state names: "resolve", "connecting", "handshaking", "established", ...
 
     def __init__(self, address: Address, context, tls: PureTLS | None, sock: socket.socket | None = None) -> None:
         self._address = address
@@ -428,7 +291,7 @@ class PureConnection:
         code = _e.TLS_VERIFY if isinstance(exc, ssl.SSLCertVerificationError) else _e.TLS
         if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             code = _e.EOF
-        message = f"{what}: {_ssl_reason(exc)}"
+        message = f"{what}: {ssl_reason(exc)}"
         if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (
             _X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH
         ):
@@ -443,7 +306,7 @@ class PureConnection:
         der = self._ssl.getpeercert(binary_form=True)
         name = self._peer_name
         if s.verify_peer and s.allow_self_signed:
-            from .certificate import Certificate
+            from ..certificate import Certificate
 
             cert = Certificate(der) if der else None
             if cert is None or not cert.is_self_signed:
@@ -451,15 +314,15 @@ class PureConnection:
                            "accepts only a self-signed certificate when allow_self_signed is set", context)
             if not cert.valid_at():
                 self._fail(_e.TLS_VERIFY, 0, "TLS handshake failed: certificate verify failed: certificate has expired"
-                           if cert.not_after < _now() else "TLS handshake failed: certificate verify failed: "
+                           if cert.not_after < datetime.datetime.now(datetime.timezone.utc) else "TLS handshake failed: certificate verify failed: "
                            "certificate is not yet valid", context)
-            if self._verify_peer_name and name and not _cert_matches(cert, name):
+            if self._verify_peer_name and name and not cert_matches(cert, name):
                 self._fail(_e.TLS_VERIFY, 0, f'TLS handshake failed: certificate verify failed: hostname mismatch '
                            f'(expected "{name}")', context)
         elif self._verify_peer_name and name and not self._check_name_in_handshake:
-            from .certificate import Certificate
+            from ..certificate import Certificate
 
-            if der and not _cert_matches(Certificate(der), name):
+            if der and not cert_matches(Certificate(der), name):
                 code = _e.TLS_VERIFY if s.verify_peer else _e.TLS_PEER_NAME
                 if s.verify_peer:
                     self._fail(code, 0, f'TLS handshake failed: certificate verify failed: hostname mismatch '
@@ -546,7 +409,8 @@ class PureConnection:
             return True
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLOUT if want == WANT_WRITE else select.POLLIN)
-        return bool(poller.poll(-1 if timeout is None else int(timeout * 1000 + 0.999)))
+        wait_ms = -1 if timeout is None or math.isinf(timeout) else min(math.ceil(timeout * 1000), 0x7FFFFFFF)
+        return bool(poller.poll(wait_ms))
 
     def read(self, size: int):
         if self.state != "established":
@@ -574,7 +438,30 @@ class PureConnection:
             self._socket_failed(exc, "TLS read failed", None)
         if data is None:
             return want  # no record complete yet
+        if data and len(data) < size:
+            data = self._drain(data, size)
         return data  # b"" once the peer's close_notify arrived
+
+    def _drain(self, data: bytes, size: int) -> bytes:
+        """``data`` plus every whole record already received, up to ``size``
+        (what is left in the incoming BIO is then at most part of a record,
+        the rule a read that returns less than asked for keeps)."""
+        parts = [data]
+        got = len(data)
+        while got < size:
+            try:
+                more = self._ssl.read(size - got)
+            except ssl.SSLError:  # no whole record left, or a failure the next read reports
+                break
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        try:
+            self._flush()  # what reading made TLS send (a key update's answer)
+        except OSError:
+            pass  # the next call meets the socket's error
+        return b"".join(parts) if len(parts) > 1 else data
 
     def write(self, data) -> int:
         if self.state != "established":
@@ -603,6 +490,49 @@ class PureConnection:
         except OSError as exc:
             self._socket_failed(exc, "TLS write failed", None)
         return n
+
+    def accept(self) -> "PureConnection | None":
+        """A listener's next connection, or None when none is waiting."""
+        try:
+            sock, _ = self._sock.accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _e.error(_e.SYSTEM, f"accept failed: {exc.strerror}", exc.errno or 0) from None
+        sock.setblocking(False)
+        conn = PureConnection(self._address, self._context, None, sock=sock)
+        if self._initial_tls is not None:
+            conn._attach(self._initial_tls)
+            conn.state = "handshaking"
+        return conn
+
+    def read_wait(self, size: int, timeout: float | None) -> bytes | None:
+        """Blocks up to ``timeout`` seconds (None: no limit) for data: bytes
+        (b"" at end of stream), or None when the time ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            data = self.read(size)
+            if type(data) is bytes:
+                return data
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.wait(data, remaining):
+                return None
+
+    def write_wait(self, data, timeout: float | None) -> int:
+        """Writes all of ``data``, blocking up to ``timeout`` seconds; returns
+        how much went out (less than all only when the time ran out)."""
+        view = memoryview(data).cast("B")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = 0
+        while total < len(view):
+            n = self.write(view[total:])
+            if n > 0:
+                total += n
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.wait(-n, remaining):
+                break
+        return total
 
     def recvfrom(self, size: int):
         try:
@@ -733,29 +663,6 @@ class PureConnection:
         return ders
 
 
-def _now():
-    import datetime
-
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _cert_matches(cert, name: str) -> bool:
-    """RFC 6125 as OpenSSL does it: SAN first (CN only without SAN), one-label
-    wildcards, IP literals against IP SANs."""
-    ip = ip_literal(name)
-    sans = cert.san
-    if ip is not None:
-        import ipaddress
-
-        want = ipaddress.ip_address(ip)
-        return any(kind == "IP Address" and ipaddress.ip_address(value) == want for kind, value in sans)
-    dns = [value for kind, value in sans if kind == "DNS"]
-    if not dns and not any(kind == "IP Address" for kind, _ in sans):
-        cn = cert.subject.get("CN")
-        dns = [cn] if cn else []
-    return any(_name_matches(pattern, name.rstrip(".")) for pattern in dns)
-
-
 def _resolve(conn: PureConnection, host: str, port: int, stype: int, passive: bool, context):
     flags = socket.AI_NUMERICSERV | (socket.AI_PASSIVE if passive else socket.AI_ADDRCONFIG)
     try:
@@ -774,7 +681,7 @@ def _resolve(conn: PureConnection, host: str, port: int, stype: int, passive: bo
 def _apply_options(context, sock: socket.socket, family: int, stype: int) -> None:
     so = context.socket
     try:
-        if so.get("tcp_nodelay") and stype == socket.SOCK_STREAM and family != socket.AF_UNIX:
+        if so.get("tcp_nodelay", True) and stype == socket.SOCK_STREAM and family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if so.get("so_broadcast"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
@@ -840,39 +747,3 @@ def open_server(address: Address, context, tls: PureTLS | None) -> PureConnectio
     conn._accepted = False
     conn.state = "listening"
     return conn
-
-
-def accept(listener: PureConnection) -> PureConnection | None:
-    try:
-        sock, _ = listener._sock.accept()
-    except BlockingIOError:
-        return None
-    except OSError as exc:
-        raise _e.error(_e.SYSTEM, f"accept failed: {exc.strerror}", exc.errno or 0) from None
-    sock.setblocking(False)
-    conn = PureConnection(listener._address, listener._context, None, sock=sock)
-    if listener._initial_tls is not None:
-        conn._attach(listener._initial_tls)
-        conn.state = "handshaking"
-    return conn
-
-
-def self_signed(name: str, days: int) -> tuple[str, str]:
-    """(certificate PEM, key PEM) made by the ``openssl`` command: Python's
-    standard library cannot make certificates."""
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as directory:
-        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-        command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                   "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1,IP:::1",
-                   "-addext", "basicConstraints=critical,CA:FALSE", "-days", str(max(days, 1)),
-                   "-keyout", key, "-out", cert]
-        try:
-            subprocess.run(command, capture_output=True, check=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise _e.error(_e.TLS, f"could not make a self-signed certificate with the openssl command: {exc}") \
-                from exc
-        with open(cert) as c, open(key) as k:
-            return c.read(), k.read()

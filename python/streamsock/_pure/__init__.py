@@ -1,0 +1,50 @@
+"""The pure-Python backend: the surface ``_backend.BackendModule`` declares, on
+the standard library alone (``socket``, ``ssl``, ``asyncio``).
+
+Each module is the twin of a C source: ``conn`` (csrc/conn.c, sock.c),
+``tls`` (tls.c), ``engine`` (engine.c, as asyncio tasks). The address parser
+lives in ``address.py`` beside the types it builds.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Iterable
+
+from ..address import PureAddressBatch, available_transports_pure, parse_many_pure, parse_pure
+from .conn import DONE, WANT_READ, WANT_WRITE, PureConnection, open_client, open_server
+from .engine import Engine as engine
+from .tls import PureTLS, self_signed
+
+Connection = PureConnection
+
+
+NAME = "pure"
+
+#: What this backend can do beyond the common surface (see _native.FEATURES).
+FEATURES: frozenset[str] = frozenset()
+
+parse = parse_pure
+parse_many = parse_many_pure
+
+__all__ = [
+    "DONE", "FEATURES", "NAME", "PureConnection", "WANT_READ", "WANT_WRITE", "available_transports",
+    "compile_tls", "engine", "open_client", "open_server", "openssl_version", "parse", "parse_batch",
+    "parse_many", "self_signed",
+]
+
+
+def parse_batch(texts: Iterable[str]) -> PureAddressBatch:
+    return PureAddressBatch(parse_pure, texts)
+
+
+def openssl_version() -> str:
+    return ssl.OPENSSL_VERSION
+
+
+def available_transports() -> tuple[str, ...]:
+    return available_transports_pure()
+
+
+def compile_tls(settings) -> PureTLS:
+    return PureTLS(settings)

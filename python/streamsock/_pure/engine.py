@@ -1,0 +1,373 @@
+"""The probe engine of the pure backend: the twin of csrc/engine.c, as tasks
+on an asyncio loop of its own.
+
+The same surface as the C engine (``add``, ``take``, ``close``) and the same
+records, so ``probe()`` drives both alike. Each probe runs the same phases
+with the same deadlines and messages: name lookup (``loop.getaddrinfo``),
+connect to each address in turn, the STARTTLS dialogue and TLS, the pins,
+the payload and the banner, and with ``resume`` a wait for the TLS 1.3
+ticket. At most ``concurrency`` run at once, started no faster than ``rate``.
+
+The loop runs inside ``take`` on the caller's thread; a caller that is itself
+inside a running event loop (where a second loop cannot run) gets the loop on
+a thread of its own, with ``add`` and ``take`` handing over across it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+
+from .. import errors as _e
+from ..address import Address, Transport, ip_literal
+from ..certificate import fingerprint_matches
+from .._resolve import resolve
+from ..starttls import Dialogue
+from .conn import DONE, WANT_READ, PureConnection, open_client
+
+TICKET_WAIT_MIN = 0.050  # seconds, plus twice the handshake: as csrc/engine.c
+_NO_TIME = -1.0          # a phase not reached, as the C records say it
+
+
+class _Timeline:
+    """One probe's clock: when each phase began, which deadline holds now, and
+    the engine's words for a deadline that passed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, options) -> None:
+        self.loop = loop
+        self.start = loop.time()
+        connect, handshake = options.phase_timeouts()
+        self.total_at = self.start + options.timeout
+        self.connect_at = min(self.total_at, self.start + connect)
+        self.handshake_timeout = handshake
+        self.resolved = self.connected = self.tls_start = self.established = None
+        self.phase = "lookup"
+
+    def saw(self, conn: PureConnection) -> None:
+        """Notes the moment the connection's state shows it connected."""
+        if self.connected is None and conn.state in ("handshaking", "established"):
+            self.connected = self.loop.time()
+            self.phase = "dialogue"
+            if conn.state == "handshaking" or conn.is_tls:  # a fast peer: done in one step
+                self.tls_start, self.phase = self.connected, "handshake"
+
+    def deadline(self) -> float:
+        if self.connected is None:
+            return self.connect_at
+        return min(self.total_at, self.connected + self.handshake_timeout)
+
+    async def within(self, awaitable):
+        try:
+            async with asyncio.timeout_at(self.deadline()):
+                return await awaitable
+        except TimeoutError as exc:
+            if isinstance(exc, _e.StreamSocketError):
+                raise
+            what = {"lookup": "Name lookup", "connect": "Connection", "dialogue": "STARTTLS dialogue",
+                    "handshake": "TLS handshake"}[self.phase]
+            raise _e.error(_e.TIMEOUT, f"{what} timed out", 110) from None
+
+    def times(self) -> tuple[float, float, float, float]:
+        """(resolve, connect, handshake, total) in ms; -1 for a phase not reached."""
+        def span(a, b):
+            return (b - a) * 1000 if a is not None and b is not None else _NO_TIME
+        return (span(self.start, self.resolved), span(self.resolved, self.connected),
+                span(self.tls_start, self.established), (self.loop.time() - self.start) * 1000)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: int) -> None:
+    """Waits until the connection's socket is readable (WANT_READ) or writable."""
+    fd = conn.fileno()
+    if fd < 0:
+        raise _e.error(_e.CLOSED)
+    future = loop.create_future()
+    add, remove = (loop.add_reader, loop.remove_reader) if want == WANT_READ else (loop.add_writer, loop.remove_writer)
+    add(fd, lambda: future.done() or future.set_result(None))
+    try:
+        await future
+    finally:
+        remove(fd)
+
+
+def _record(index: int, exc: _e.StreamSocketError, times: tuple) -> tuple:
+    """A failed probe's record, laid out as the C engine's (see _native.engine.Engine.take)."""
+    return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, getattr(exc, "verify_result", 0),
+            str(exc), "", "", "", "", "", False, *times, b"", [])
+
+
+class Engine:
+    """Probes as tasks, at most ``options.concurrency`` at once."""
+
+    def __init__(self, options, context) -> None:
+        self.options = options
+        self.context = context
+        self.pins = context.ssl.get("peer_fingerprint")
+        self.sessions: dict = {}
+        self.queued: collections.deque = collections.deque()  # (index, address, tls, starttls_tls)
+        self.running: set[asyncio.Task] = set()
+        self.results: list[tuple] = []
+        self.cond = threading.Condition()
+        self.tokens = 1.0
+        self.loop = asyncio.new_event_loop()
+        self.tokens_at = self.loop.time()
+        self.pump_later: asyncio.TimerHandle | None = None
+        self.wakeup: asyncio.Future | None = None
+        self.thread: threading.Thread | None = None
+        if _running_loop() is not None:  # our loop cannot run inside the caller's
+            self.thread = threading.Thread(target=self.loop.run_forever, name="streamsock-probe", daemon=True)
+            self.thread.start()
+
+    # -- the surface probe() drives ----------------------------------------------------------
+
+    def add(self, index: int, address: Address, tls, starttls_tls) -> None:
+        item = (index, address, tls, starttls_tls)
+        if self.thread is None:
+            self.queued.append(item)
+        else:
+            self.loop.call_soon_threadsafe(self._enqueue, item)
+
+    def take(self, timeout_ms: int) -> list[tuple]:
+        """Finished probes, waiting up to ``timeout_ms`` for the first."""
+        if self.thread is None:
+            if not self.results:
+                self.loop.run_until_complete(self._until_results(timeout_ms / 1000))
+        else:
+            with self.cond:
+                self.cond.wait_for(lambda: self.results, timeout_ms / 1000)
+        with self.cond:
+            out, self.results = self.results, []
+        if self.thread is not None and out:
+            self.loop.call_soon_threadsafe(self._pump)  # results taken: room to start more
+        return out
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self.thread is not None:
+            asyncio.run_coroutine_threadsafe(self._cancel(), self.loop).result()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+        else:
+            self.loop.run_until_complete(self._cancel())
+        self.loop.close()
+
+    # -- scheduling, on the loop ---------------------------------------------------------------
+
+    def _enqueue(self, item: tuple) -> None:
+        self.queued.append(item)
+        self._pump()
+
+    async def _until_results(self, timeout: float) -> None:
+        self.wakeup = self.loop.create_future()
+        self._pump()
+        try:
+            if not self.results:
+                await asyncio.wait([self.wakeup], timeout=timeout)
+        finally:
+            self.wakeup = None
+
+    def _pump(self) -> None:
+        """Starts queued probes while slots are free, the rate allows and (on a
+        thread of its own) the caller keeps taking the results."""
+        if self.pump_later is not None:
+            self.pump_later.cancel()
+            self.pump_later = None
+        backlog = 2 * self.options.concurrency
+        while self.queued and len(self.running) < self.options.concurrency and len(self.results) < backlog:
+            wait = self._token_wait()
+            if wait:
+                self.pump_later = self.loop.call_later(wait, self._pump)
+                return
+            task = self.loop.create_task(self._probe(*self.queued.popleft()))
+            self.running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _token_wait(self) -> float:
+        """0 when another probe may start now (and takes the token), else seconds to wait."""
+        rate = self.options.rate
+        if not rate:
+            return 0.0
+        now = self.loop.time()
+        self.tokens = min(max(1.0, rate / 100), self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.running.discard(task)
+        if task.cancelled():
+            return
+        with self.cond:
+            self.results.append(task.result())
+            self.cond.notify_all()
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+        self._pump()
+
+    async def _cancel(self) -> None:
+        self.queued.clear()
+        if self.pump_later is not None:
+            self.pump_later.cancel()
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+
+    # -- one probe ---------------------------------------------------------------------------------
+
+    async def _probe(self, index: int, a: Address, tls, starttls_tls) -> tuple:
+        clock = _Timeline(self.loop, self.options)
+        conn = None
+        try:
+            try:
+                conn = await self._connect(clock, a, tls)
+                greeting = b""
+                if starttls_tls is not None:
+                    greeting = await self._starttls(clock, conn, a, starttls_tls)
+                clock.established = self.loop.time()
+            except _e.StreamSocketError as exc:
+                return _record(index, exc, clock.times())
+            banner = await self._after(clock, conn, a, tls or starttls_tls, greeting[: self.options.banner])
+            info = conn.tls_info() if conn.is_tls else {}
+            ders = conn.peer_certs(self.options.capture_chain) if conn.is_tls else []
+            return (index, True, _e.OK, 0, 0, "", conn.name(True), info.get("protocol", ""),
+                    info.get("cipher_name", ""), info.get("group") or "", info.get("alpn_protocol") or "",
+                    bool(info.get("session_reused")), *clock.times(), banner, ders)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _session_key(self, tls, a: Address) -> tuple:
+        return (id(tls), a.host, a.port, self.context.peer_name(a))
+
+    async def _drive(self, clock: _Timeline, conn: PureConnection) -> None:
+        """Steps the connection (connect, TLS handshake) to done within the
+        deadlines, then checks the pins before any payload goes out."""
+        while True:
+            rc = conn.step(None)
+            clock.saw(conn)
+            if rc == DONE:
+                break
+            await clock.within(_ready(self.loop, conn, rc))
+        if self.pins and conn.is_tls:
+            ders = conn.peer_certs(False)
+            if not ders or not fingerprint_matches(ders[0], self.pins):
+                raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure")
+
+    async def _connect(self, clock: _Timeline, a: Address, tls) -> PureConnection:
+        ctx = self.context
+        hosts = [a.host]
+        if a.host is not None and ip_literal(a.host) is None:
+            hosts = await clock.within(resolve(self.loop, a, None))
+        clock.resolved = self.loop.time()
+        clock.phase = "connect"
+        session = self.sessions.get(self._session_key(tls, a)) if tls is not None and self.options.resume else None
+        last: BaseException | None = None
+        for host in hosts:
+            # A name: connect to each address plainly, then TLS under the name.
+            target = a if host == a.host else Address(Transport.TCP, host, a.port)
+            conn = open_client(target, ctx, tls if target is a else None)
+            conn.offer_session = session
+            try:
+                await self._drive(clock, conn)
+                if tls is not None and not conn.is_tls:
+                    clock.tls_start, clock.phase = self.loop.time(), "handshake"
+                    conn.offer_session = session
+                    conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
+                    await self._drive(clock, conn)
+            except _e.ConnectError as exc:
+                conn.close()
+                if clock.connected is not None:
+                    raise
+                last = exc
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._remember(conn, tls, a)
+            return conn
+        assert last is not None
+        raise last
+
+    async def _read(self, conn: PureConnection, size: int) -> bytes:
+        while type(data := conn.read(size)) is not bytes:
+            await _ready(self.loop, conn, data)
+        return data
+
+    async def _write(self, conn: PureConnection, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = conn.write(view)
+            if n > 0:
+                view = view[n:]
+            else:
+                await _ready(self.loop, conn, -n)
+
+    async def _starttls(self, clock: _Timeline, conn: PureConnection, a: Address, tls) -> bytes:
+        """The dialogue, then TLS; returns the server's greeting."""
+        dialogue = Dialogue(self.options.starttls)
+        ctx = self.context
+        while not dialogue.ready:
+            out = dialogue.outgoing()
+            if out:
+                await clock.within(self._write(conn, out))
+            data = await clock.within(self._read(conn, 4096))
+            if not data:
+                raise dialogue.eof()
+            dialogue.feed(data)
+        clock.tls_start, clock.phase = self.loop.time(), "handshake"
+        conn.offer_session = self.sessions.get(self._session_key(tls, a)) if self.options.resume else None
+        conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
+        await self._drive(clock, conn)
+        self._remember(conn, tls, a)
+        return dialogue.greeting
+
+    def _remember(self, conn: PureConnection, tls, a: Address) -> bool:
+        """Keeps the connection's TLS session for its target; True once kept (or nothing to keep)."""
+        if not self.options.resume or tls is None or not conn.is_tls:
+            return True
+        session = conn.resumable_session()
+        if session is None:
+            return False
+        key = self._session_key(tls, a)
+        self.sessions.pop(key, None)
+        self.sessions[key] = session
+        if len(self.sessions) > self.options.session_cache:
+            del self.sessions[next(iter(self.sessions))]  # the oldest
+        return True
+
+    async def _after(self, clock: _Timeline, conn: PureConnection, a: Address, tls, banner: bytes) -> bytes:
+        """Payload, banner and session ticket: whatever comes before the deadline, an error or EOF."""
+        options = self.options
+        try:
+            async with asyncio.timeout_at(clock.total_at):
+                if options.payload:
+                    await self._write(conn, options.payload)
+                if not options.starttls or options.payload:
+                    while len(banner) < options.banner:
+                        data = await self._read(conn, options.banner - len(banner))
+                        if not data:
+                            return banner
+                        banner += data
+            if tls is not None and not self._remember(conn, tls, a):
+                # TLS 1.3: the ticket follows the handshake; wait a little longer than a handshake.
+                spent = clock.established - (clock.tls_start or clock.established)
+                async with asyncio.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
+                    while not self._remember(conn, tls, a):
+                        want = conn.read(4096)  # takes in the ticket; data is not wanted any more
+                        if want == b"":
+                            break
+                        if type(want) is not bytes and not self._remember(conn, tls, a):
+                            await _ready(self.loop, conn, want)
+        except (_e.StreamSocketError, TimeoutError):
+            pass  # the banner is what came
+        return banner
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

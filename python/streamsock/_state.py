@@ -1,0 +1,251 @@
+"""Sans-IO stream state: what a stream knows, whatever drives it.
+
+A :class:`StreamState` holds one connection's read buffer, end-of-stream and
+timeout flags, the handshake it still owes its checks, the STARTTLS rules and
+the captured certificates. It never waits and never touches a socket: the
+blocking driver (``stream.py``) and the asyncio driver (``aio.py``) ask it
+for a result (``read_now``, ``line_now``, ``all_now``), and when it answers
+None they get more bytes their own way and ``feed`` them in. Both APIs
+therefore buffer, split lines, check and report identically by construction.
+
+The buffer is a ``bytes`` head, handed back whole when it fits a read (no
+copy on the common path), and a ``bytearray`` for what a read leaves over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors as _e
+from .address import Address, Transport
+from .context import Context
+
+CHUNK = 8192  # PHP reads sockets in 8 KiB chunks
+STREAM_TYPES = {
+    Transport.UDP: "udp_socket",
+    Transport.UNIX: "unix_socket",
+    Transport.UDG: "udg_socket",
+}
+
+
+def line_end(buf: bytearray, start: int, limit: int) -> int:
+    """Where the first line in ``buf`` ends (after its b"\\n", or at ``limit``
+    when that comes first), or -1 when more data is needed. ``start``: where
+    to look for the b"\\n" (what came before was searched already)."""
+    end = buf.find(b"\n", start)
+    if end >= 0:
+        return end + 1 if limit < 0 else min(end + 1, limit)
+    return limit if 0 <= limit <= len(buf) else -1
+
+
+class StreamState:
+    """One stream's state; see the module's docstring."""
+
+    __slots__ = ("conn", "backend", "address", "context", "server_side", "head", "rest", "scanned", "eof",
+                 "datagram", "timed_out", "ready", "pending_context", "peer_certificate", "peer_certificate_chain")
+
+    def __init__(self, conn: Any, backend: Any, address: Address, context: Context, *, server_side: bool = False,
+                 ready: bool = True) -> None:
+        self.conn = conn                  # the backend connection; None once closed
+        self.backend = backend
+        self.address = address
+        self.context = context
+        self.server_side = server_side
+        self.head = b""                   # the oldest unread bytes, as they arrived
+        self.rest = bytearray()           # unread bytes after head (head is empty whenever rest is not)
+        self.scanned = 0                  # bytes of rest known to hold no b"\n"
+        self.eof = False                  # the peer's end of stream has been read
+        self.datagram = address.transport.datagram  # an empty read is an empty datagram, not the end
+        self.timed_out = False
+        self.ready = ready                # False while a handshake (connect or STARTTLS) owes its checks
+        self.pending_context: Any = ("Unable to connect to", address)
+        self.peer_certificate = None
+        self.peer_certificate_chain = None
+
+    def live(self) -> Any:
+        """The connection, or ClosedError."""
+        conn = self.conn
+        if conn is None:
+            raise _e.error(_e.CLOSED)
+        return conn
+
+    # -- reading: results now, or None when more bytes are needed -------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes a driver received; ``b""`` is the end of the stream."""
+        if not data:
+            self.eof = True
+        elif self.rest:
+            self.rest += data
+        elif self.head:
+            self.rest += self.head
+            self.rest += data
+            self.head = b""
+        else:
+            self.head = data
+
+    def buffered(self) -> int:
+        return len(self.head) + len(self.rest)
+
+    def read_now(self, size: int) -> bytes | None:
+        """Up to ``size`` buffered bytes, ``b""`` at the end of the stream, or
+        None when the buffer is empty."""
+        head = self.head
+        if head:
+            if len(head) <= size:
+                self.head = b""
+                return head
+            self.rest += memoryview(head)[size:]
+            self.head = b""
+            return head[:size]
+        rest = self.rest
+        if rest:
+            out = bytes(rest[:size])
+            del rest[:size]
+            self.scanned = 0
+            return out
+        if self.eof or size == 0:
+            if self.datagram:
+                self.eof = False
+            return b""
+        return None
+
+    def line_now(self, limit: int) -> bytes | None:
+        """One buffered line, its b"\\n" included, at most ``limit`` bytes (-1:
+        any); at the end of the stream the last bytes without one; None when
+        no whole line is buffered yet."""
+        if self.head:
+            self.rest += self.head
+            self.head = b""
+        rest = self.rest
+        end = line_end(rest, self.scanned, limit)
+        if end < 0:
+            if not self.eof:
+                self.scanned = len(rest)
+                return None
+            end = len(rest)
+        out = bytes(rest[:end])
+        del rest[:end]
+        self.scanned = 0
+        return out
+
+    def all_now(self) -> bytes | None:
+        """Everything up to the end of the stream, once it has arrived (until
+        then it stays buffered, so a timeout or cancel loses nothing)."""
+        if not self.eof:
+            if self.head:
+                self.rest += self.head
+                self.head = b""
+            return None
+        out = self.head + bytes(self.rest)
+        self.head = b""
+        self.rest.clear()
+        self.scanned = 0
+        return out
+
+    # -- TLS --------------------------------------------------------------------------------
+
+    def after_handshake(self) -> None:
+        """PHP's checks after a TLS handshake: peer_fingerprint, certificate capture."""
+        self.ready = True
+        conn = self.conn
+        if not conn.is_tls:
+            return
+        ssl = self.context._ssl
+        wants_chain = ssl.get("capture_peer_cert_chain", False)
+        if not ("peer_fingerprint" in ssl or ssl.get("capture_peer_cert") or wants_chain):
+            return
+        from .certificate import Certificate, fingerprint_matches
+
+        ders = conn.peer_certs(wants_chain)
+        if "peer_fingerprint" in ssl:
+            if not ders or not fingerprint_matches(ders[0], ssl["peer_fingerprint"]):
+                conn.close()
+                raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=self.pending_context)
+        try:
+            if ssl.get("capture_peer_cert") and ders:
+                self.peer_certificate = Certificate(ders[0])
+            if wants_chain:
+                self.peer_certificate_chain = [Certificate(d) for d in ders]
+        except ValueError as exc:
+            conn.close()
+            raise _e.error(_e.TLS, f"the peer's certificate could not be read: {exc}",
+                           context=self.pending_context) from exc
+
+    def begin_crypto_change(self, enable: bool, method: int | None, session_from: "StreamState | None") -> None:
+        """enable_crypto's checks, then the change started on the connection: a
+        STARTTLS handshake or a TLS shutdown, which the driver then drives."""
+        conn = self.live()
+        if not enable:
+            if not conn.is_tls:
+                raise _e.error(_e.STATE, "cannot disable crypto: TLS is not enabled")
+            conn.stop_tls()
+        else:
+            if conn.is_tls:
+                raise _e.error(_e.TLS_ACTIVE)
+            if self.address.transport is not Transport.TCP and not self.address.secure:
+                raise _e.error(_e.UNSUPPORTED,
+                               f"TLS needs a tcp stream; {self.address.transport.value} streams cannot enable crypto")
+            if self.buffered():
+                raise _e.error(_e.STARTTLS_BUFFERED, None, 0)
+            server = self.server_side if method is None else not (method & 1)
+            tls = self.backend.tls_context(self.context, server, None, method)
+            session = None
+            if session_from is not None:
+                # A resumed session skips certificate checks: only for the same peer.
+                if session_from.context.peer_name(session_from.address) != self.context.peer_name(self.address):
+                    raise ValueError("session_stream was made for another peer name")
+                session = session_from.conn
+            conn.start_tls(tls, self.context.peer_name(self.address), self.context.verify_peer_name,
+                           self.context.sni_enabled, session)
+        self.eof = False  # what follows the change is another stream of bytes
+        self.pending_context = "Failed to enable crypto"
+        self.ready = False  # until done, any read or write finishes it and runs the checks
+
+    # -- what the stream reports ----------------------------------------------------------------
+
+    def crypto(self) -> dict[str, Any] | None:
+        """The negotiated TLS parameters, or None on a plaintext stream."""
+        conn = self.conn
+        if conn is None or not conn.is_tls or conn.state != "established":
+            return None
+        info = conn.tls_info()
+        crypto = {k: info[k] for k in ("protocol", "cipher_name", "cipher_bits", "cipher_version")}
+        if info["alpn_protocol"]:
+            crypto["alpn_protocol"] = info["alpn_protocol"]
+        return crypto
+
+    def tls_info(self) -> dict[str, Any] | None:
+        conn = self.conn
+        if conn is None or not conn.is_tls:
+            return None
+        return conn.tls_info()
+
+    def meta(self, blocking: bool) -> dict[str, Any]:
+        """PHP's stream_get_meta_data."""
+        unread = self.buffered()
+        meta: dict[str, Any] = {
+            "timed_out": self.timed_out,
+            "blocked": blocking,
+            "eof": self.eof and not unread,
+            "stream_type": STREAM_TYPES.get(self.address.transport, "tcp_socket/ssl"),
+            "mode": "r+",
+            "unread_bytes": unread,
+            "seekable": False,
+        }
+        crypto = self.crypto()
+        if crypto is not None:
+            meta["crypto"] = crypto
+        return meta
+
+    def pending(self) -> int:
+        """Bytes readable without touching the socket (ours plus the connection's)."""
+        conn = self.conn
+        return 0 if conn is None else self.buffered() + conn.pending()
+
+    def name(self, peer: bool) -> str:
+        conn = self.conn
+        return conn.name(peer) if conn is not None else ""
+
+    def describe(self) -> str:
+        return "closed" if self.conn is None else self.conn.state
