@@ -216,10 +216,26 @@ ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const c
     return conn;
 }
 
+/* Bytes left unread when a TCP socket closes make the kernel reset the
+ * connection instead of closing it, and a reset can cost the peer the tail of
+ * what we sent: the TLS 1.3 session tickets a client never reads are enough.
+ * Whatever has arrived is read away first (bounded, never waiting). */
+static void discard_unread(int fd)
+{
+    char buf[4096];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n <= 0 && !(n < 0 && errno == EINTR))
+            return;
+    }
+}
+
 /* close_notify when established, then the socket; keep_tls: the TLS state
  * stays, cut off from the socket, else it is freed. */
 static void end_connection(ss_conn_t *conn, int keep_tls)
 {
+    if (conn->fd >= 0 && conn->wbuf_len)
+        ss__sock_flush(conn); /* best effort: a last flight or its alert */
     if (conn->ssl) {
         if (conn->state == SS_STATE_ESTABLISHED)
             ss__tls_notify_close(conn);
@@ -229,6 +245,8 @@ static void end_connection(ss_conn_t *conn, int keep_tls)
             ss__tls_detach(conn);
     }
     if (conn->fd >= 0) {
+        if (conn->socktype == SOCK_STREAM && conn->state != SS_STATE_LISTENING)
+            discard_unread(conn->fd);
         close(conn->fd);
         conn->fd = -1;
     }
@@ -262,6 +280,7 @@ void ss_conn_free(ss_conn_t *conn)
     free(conn->bind_host);
     free(conn->handback);
     free(conn->rbuf);
+    free(conn->wbuf);
     free(conn);
 }
 

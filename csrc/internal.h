@@ -148,6 +148,9 @@ int64_t ss__sock_write(ss_conn_t *conn, const char *buf, size_t len);
 ssize_t ss__sock_fill(ss_conn_t *conn);
 /* Gives the read buffer back to malloc when it holds nothing. */
 void ss__sock_release_rbuf(ss_conn_t *conn);
+/* Sends what waits in conn's write buffer: 1 when it is empty, 0 when the
+ * socket is full (EAGAIN), -1 with errno. */
+int ss__sock_flush(ss_conn_t *conn);
 
 /* ---- resolver.c -------------------------------------------------------- */
 
@@ -239,6 +242,10 @@ struct ss_conn {
     char *rbuf;                 /* NULL while empty and given back */
     size_t rbuf_off;
     size_t rbuf_len;
+    char *wbuf;                 /* a handshake flight, sent whole at BIO_flush */
+    size_t wbuf_len;
+    size_t wbuf_cap;
+    int send_more;              /* more records of the same write follow (MSG_MORE) */
     int recv_budget;            /* recvs allowed now: 1 at every entry point, 0 once
                                  * the socket was found empty (no EAGAIN recv twice),
                                  * 0 right after sending a ClientHello */

@@ -316,6 +316,28 @@ void ss__sock_release_rbuf(ss_conn_t *conn)
     }
 }
 
+int ss__sock_flush(ss_conn_t *conn)
+{
+    size_t sent = 0;
+    while (sent < conn->wbuf_len) {
+        ssize_t n = send(conn->fd, conn->wbuf + sent, conn->wbuf_len - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            memmove(conn->wbuf, conn->wbuf + sent, conn->wbuf_len - sent);
+            conn->wbuf_len -= sent;
+            errno = e;
+            return e == EAGAIN || e == EWOULDBLOCK ? 0 : -1;
+        }
+        sent += (size_t)n;
+    }
+    free(conn->wbuf);
+    conn->wbuf = NULL;
+    conn->wbuf_len = conn->wbuf_cap = 0;
+    return 1;
+}
+
 int64_t ss__sock_read(ss_conn_t *conn, char *buf, size_t len)
 {
     if (conn->rbuf_off < conn->rbuf_len) { /* plaintext that followed a TLS close */

@@ -187,10 +187,15 @@ static int waiting_to_read(ss_conn_t *conn)
 
 /* ---- the socket BIO -------------------------------------------------------
  * OpenSSL reads the socket through the conn's read buffer (sock.c's
- * ss__sock_fill) and writes to it directly. OpenSSL asks for exactly the
- * record it is reading (no read-ahead), so one recv serves many records, and
- * whatever follows the peer's close_notify stays in the buffer for the
- * plaintext stream after enable_crypto(false). */
+ * ss__sock_fill). OpenSSL asks for exactly the record it is reading (no
+ * read-ahead), so one recv serves many records, and whatever follows the
+ * peer's close_notify stays in the buffer for the plaintext stream after
+ * enable_crypto(false).
+ *
+ * Writes: a handshake flight (several records) is gathered and sent whole
+ * when OpenSSL flushes it, one send and one wake-up of the peer instead of
+ * one per record; application records go straight out, with MSG_MORE while
+ * more records of the same write follow. */
 
 static int socket_bio_read(BIO *bio, char *out, int len)
 {
@@ -210,13 +215,42 @@ static int socket_bio_read(BIO *bio, char *out, int len)
     return (int)n;
 }
 
+static int gather(ss_conn_t *conn, const char *in, size_t len)
+{
+    if (conn->wbuf_len + len > conn->wbuf_cap) {
+        size_t cap = conn->wbuf_cap ? conn->wbuf_cap : 8192;
+        while (cap < conn->wbuf_len + len)
+            cap *= 2;
+        char *grown = realloc(conn->wbuf, cap);
+        if (!grown) {
+            errno = ENOMEM;
+            return -1;
+        }
+        conn->wbuf = grown;
+        conn->wbuf_cap = cap;
+    }
+    memcpy(conn->wbuf + conn->wbuf_len, in, len);
+    conn->wbuf_len += len;
+    return (int)len;
+}
+
 static int socket_bio_write(BIO *bio, const char *in, int len)
 {
     ss_conn_t *conn = BIO_get_data(bio);
     BIO_clear_retry_flags(bio);
+    if (SSL_in_init(conn->ssl))
+        return gather(conn, in, (size_t)len);
+    if (conn->wbuf_len) { /* a flight's tail goes first */
+        int rc = ss__sock_flush(conn);
+        if (rc <= 0) {
+            if (rc == 0)
+                BIO_set_retry_write(bio);
+            return -1;
+        }
+    }
     ssize_t n;
     do
-        n = send(conn->fd, in, (size_t)len, MSG_NOSIGNAL);
+        n = send(conn->fd, in, (size_t)len, MSG_NOSIGNAL | (conn->send_more ? MSG_MORE : 0));
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         BIO_set_retry_write(bio);
@@ -228,8 +262,12 @@ static long socket_bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
     (void)num;
     (void)ptr;
     switch (cmd) {
-    case BIO_CTRL_FLUSH:
-        return 1;
+    case BIO_CTRL_FLUSH: {
+        int rc = ss__sock_flush(BIO_get_data(bio));
+        if (rc == 0)
+            BIO_set_retry_write(bio);
+        return rc > 0;
+    }
     case BIO_CTRL_EOF:
         return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0;
     case BIO_C_GET_FD: {
@@ -606,9 +644,9 @@ static int64_t defer_failure(ss_conn_t *conn, int ret, const char *what, size_t 
 int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len)
 {
     size_t got = 0;
+    ERR_clear_error(); /* once: a call that succeeds leaves the queue empty */
     while (got < len) {
         size_t n = 0;
-        ERR_clear_error();
         if (SSL_read_ex(conn->ssl, buf + got, len - got, &n)) {
             got += n;
             continue;
@@ -635,10 +673,14 @@ int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len)
 int64_t ss__tls_write(ss_conn_t *conn, const char *buf, size_t len)
 {
     size_t done = 0;
+    ERR_clear_error();
     while (done < len) {
         size_t n = 0;
-        ERR_clear_error();
-        if (SSL_write_ex(conn->ssl, buf + done, len - done, &n)) {
+        /* With partial writes each call writes one record: tell the BIO whether another follows. */
+        conn->send_more = len - done > SSL3_RT_MAX_PLAIN_LENGTH;
+        int ok = SSL_write_ex(conn->ssl, buf + done, len - done, &n);
+        conn->send_more = 0;
+        if (ok) {
             done += n;
             continue;
         }

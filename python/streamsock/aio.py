@@ -37,12 +37,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from . import _backend
 from . import errors as _e
 from . import stream as _stream
+from ._aio_transport import Handshake, StreamTransport
 from ._resolve import resolve
 from ._state import CHUNK, StreamState
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
-__all__ = ["AsyncStream", "AsyncServer", "client", "server"]
+__all__ = ["AsyncServer", "AsyncStream", "StreamTransport", "client", "create_connection", "create_server", "server"]
 
 DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRITE
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
@@ -54,7 +55,7 @@ class AsyncStream:
     semantics). One task may read while another writes; a second concurrent
     reader (or writer) gets SS_ERR_BUSY, as does any I/O during a handshake."""
 
-    __slots__ = ("_st", "_loop", "_reading", "_writing", "_read_waiter", "_step_waiter", "_write_waiter",
+    __slots__ = ("_st", "_loop", "_reading", "_writing", "_read_waiter", "_step_waiter", "_write_waiters",
                  "_read_fd", "_write_fd", "_may_hold_more", "__weakref__")
 
     def __init__(self, state: StreamState, loop: asyncio.AbstractEventLoop) -> None:
@@ -64,7 +65,7 @@ class AsyncStream:
         self._writing = False
         self._read_waiter: asyncio.Future | None = None   # a read waiting for data
         self._step_waiter: asyncio.Future | None = None   # a handshake step waiting for readability
-        self._write_waiter: asyncio.Future | None = None
+        self._write_waiters: list[asyncio.Future] = []  # a writer, and a TLS read that must write first
         self._read_fd = -1   # the fd watched for reading, -1: none
         self._write_fd = -1
         self._may_hold_more = True  # the connection may have data without the socket becoming readable
@@ -87,12 +88,15 @@ class AsyncStream:
         if write:
             self._writing = False
 
-    def _watch_read(self, conn) -> None:
+    def _watch_read(self, conn, taking_over: bool = False) -> None:
+        """Watches the socket for reading (``taking_over``: it is watched
+        already, by the handshake: only the callback changes)."""
         fd = conn.fileno()
-        if fd != self._read_fd:
+        if fd != self._read_fd or taking_over:
             if fd < 0:
                 raise _e.error(_e.CLOSED)
-            self._unwatch_read()
+            if not taking_over:
+                self._unwatch_read()
             self._loop.add_reader(fd, self._on_readable)
             self._read_fd = fd
 
@@ -111,9 +115,8 @@ class AsyncStream:
                 waiter.set_exception(exc)
                 return
             if type(data) is bytes:
-                self._st.feed(data)
                 self._may_hold_more = len(data) >= _READ_MAX
-                waiter.set_result(None)
+                waiter.set_result(data)  # the reader feeds it to the state (see _keep_delivered)
             elif data == WANT_WRITE:  # TLS must write before it can read on (a key update)
                 waiter.set_result(WANT_WRITE)
             return  # WANT_READ: an incomplete record; the reader sleeps on
@@ -122,6 +125,14 @@ class AsyncStream:
             waiter.set_result(None)
             return
         self._unwatch_read()  # nobody waits: stop watching until someone does
+
+    def _keep_delivered(self, waiter: asyncio.Future) -> None:
+        """A read cancelled after the callback handed it data: the data stays
+        in the stream's state, for the next read."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            data = waiter.result()
+            if type(data) is bytes:
+                self._st.feed(data)
 
     async def _readable(self, conn) -> None:
         """Waits until the socket is readable (for a handshake step)."""
@@ -139,21 +150,23 @@ class AsyncStream:
         fd = conn.fileno()
         if fd < 0:
             raise _e.error(_e.CLOSED)
-        self._write_waiter = waiter = self._loop.create_future()
-        self._loop.add_writer(fd, self._on_writable)
-        self._write_fd = fd
+        waiter = self._loop.create_future()
+        self._write_waiters.append(waiter)
+        if self._write_fd != fd:
+            self._loop.add_writer(fd, self._on_writable)
+            self._write_fd = fd
         try:
             await waiter
         finally:
-            self._write_waiter = None
-            if self._write_fd >= 0:
+            self._write_waiters.remove(waiter)
+            if not self._write_waiters and self._write_fd >= 0:
                 self._loop.remove_writer(self._write_fd)
                 self._write_fd = -1
 
     def _on_writable(self) -> None:
-        waiter = self._write_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._write_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _wait(self, conn, want: int) -> None:
         if want == WANT_READ:
@@ -193,11 +206,14 @@ class AsyncStream:
         try:
             result = await waiter
         except BaseException:
+            self._keep_delivered(waiter)
             self._unwatch_read()  # cancelled: an idle stream keeps nothing registered
             raise
         finally:
             self._read_waiter = None
-        if result == WANT_WRITE:
+        if type(result) is bytes:
+            st.feed(result)
+        else:  # WANT_WRITE
             await self._writable(conn)
             self._may_hold_more = True
 
@@ -207,15 +223,60 @@ class AsyncStream:
         """Up to ``size`` bytes as soon as any are there; ``b""`` at end of
         stream. ``size=-1`` reads to the end of the stream."""
         st = self._st
-        if size >= 0 and not self._reading and st.conn is not None and (out := st.read_now(size)) is not None:
-            return out  # buffered: no waiting, no claim needed
+        if size < 0:
+            return await self._read_all()
+        if self._reading:
+            raise _e.error(_e.BUSY, "stream is in use by another task")
+        if st.conn is None:
+            raise _e.error(_e.CLOSED)
+        if (out := st.read_now(size)) is not None:
+            return out  # buffered: no waiting
+        # The hot path of every request: _fill's work inlined, one coroutine frame.
+        self._reading = True
+        try:
+            while True:
+                conn = st.live()
+                if self._may_hold_more:
+                    data = conn.read(_READ_MAX)
+                    if type(data) is not bytes:
+                        self._may_hold_more = False
+                        if data == WANT_WRITE:
+                            await self._writable(conn)
+                            self._may_hold_more = True
+                        continue
+                    self._may_hold_more = len(data) >= _READ_MAX
+                    if data and len(data) <= size:
+                        return data
+                    st.feed(data)
+                else:
+                    if self._read_fd < 0:
+                        self._watch_read(conn)
+                    self._read_waiter = waiter = self._loop.create_future()
+                    try:
+                        data = await waiter
+                    except BaseException:
+                        self._keep_delivered(waiter)
+                        self._unwatch_read()  # cancelled: an idle stream keeps nothing registered
+                        raise
+                    finally:
+                        self._read_waiter = None
+                    if type(data) is not bytes:  # WANT_WRITE
+                        await self._writable(conn)
+                        self._may_hold_more = True
+                        continue
+                    if data and len(data) <= size:
+                        return data  # the state is empty while a read waits: no copy into it
+                    st.feed(data)
+                if (out := st.read_now(size)) is not None:
+                    return out
+        finally:
+            self._reading = False
+
+    async def _read_all(self) -> bytes:
         self._claim(True, False)
         try:
-            if size < 0:
-                while (out := st.all_now()) is None:
-                    await self._fill()
-                return out
-            while (out := st.read_now(size)) is None:
+            st = self._st
+            while (out := st.all_now()) is None:
                 await self._fill()
             return out
         finally:
@@ -248,17 +309,23 @@ class AsyncStream:
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Writes all of ``data``; returns its length. Cancelled midway, the
         stream is closed (the peer got an unknown part of the data)."""
-        conn = self._claim(False, True)
+        if self._writing:
+            raise _e.error(_e.BUSY, "stream is in use by another task")
+        conn = self._st.conn
+        if conn is None:
+            raise _e.error(_e.CLOSED)
+        self._writing = True
         try:
-            view = data if type(data) is bytes else memoryview(data).cast("B")
-            size = len(view)
-            total = conn.write(view)
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B")
+            total = conn.write(data)
+            size = len(data)
             if total == size:
                 return total  # the common case: it all fitted
             if total < 0:
                 await self._wait(conn, -total)
                 total = 0
-            view = memoryview(view)
+            view = memoryview(data)
             while total < size:
                 n = conn.write(view[total:])
                 if n > 0:
@@ -270,7 +337,7 @@ class AsyncStream:
             self.close()
             raise
         finally:
-            self._release(False, True)
+            self._writing = False
 
     # -- TLS ------------------------------------------------------------------
 
@@ -359,7 +426,7 @@ class AsyncStream:
         if self._write_fd >= 0:
             self._loop.remove_writer(self._write_fd)
             self._write_fd = -1
-        for waiter in (self._read_waiter, self._step_waiter, self._write_waiter):
+        for waiter in (self._read_waiter, self._step_waiter, *self._write_waiters):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(_e.error(_e.CLOSED, "stream closed while waiting"))
         st = self._st
@@ -453,20 +520,28 @@ Handler = Callable[[AsyncStream], Awaitable[Any]]
 
 class AsyncServer:
     """A listening socket whose connections each run ``handler(stream)`` in a
-    task (after the TLS handshake on ssl/tls servers); the stream is closed
-    when the handler returns. Handshakes that fail are counted in
+    task, or get a ``protocol_factory()`` protocol on a transport (see
+    :func:`create_server`), after the TLS handshake on ssl/tls servers; the
+    stream is closed when the handler returns. Handshakes run from the
+    loop's readiness callbacks, each within ``handshake_timeout``, so a
+    client that stalls holds nobody else; those that fail are counted in
     ``handshake_failures`` (the last error in ``last_handshake_error``)."""
 
-    def __init__(self, conn, backend, address: Address, context: Context, handler: Handler,
-                 handshake_timeout: float | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, conn, backend, address: Address, context: Context, handler: Handler | None,
+                 handshake_timeout: float | None, loop: asyncio.AbstractEventLoop,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None) -> None:
         self._conn = conn
         self._backend = backend
         self.address = address
         self.context = context
         self._handler = handler
+        self._protocol_factory = protocol_factory
         self._handshake_timeout = handshake_timeout
         self._loop = loop
         self._tasks: set[asyncio.Task] = set()
+        self._handshakes: set[Handshake] = set()
+        self._transports: set[StreamTransport] = set()
+        self._idle: asyncio.Future | None = None
         self._listening_fd = conn.fileno()
         self.handshake_failures = 0
         self.last_handshake_error: BaseException | None = None
@@ -484,35 +559,74 @@ class AsyncServer:
                 return
             if conn is None:
                 return
-            task = self._loop.create_task(self._serve(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            st = StreamState(conn, self._backend, self.address, self.context, server_side=True)
+            st.pending_context = "TLS handshake with the client failed"
+            if conn.state == "established":
+                self._established(st, False)
+            else:
+                self._start_handshake(st)
 
-    async def _serve(self, conn) -> None:
-        st = StreamState(conn, self._backend, self.address, self.context, server_side=True)
-        st.pending_context = "TLS handshake with the client failed"
-        stream = AsyncStream(st, self._loop)
-        try:
-            if conn.state != "established":
-                try:
-                    if self._handshake_timeout is None:
-                        await stream._handshake()
-                    else:
-                        async with asyncio.timeout(self._handshake_timeout):
-                            await stream._handshake()
-                except (_e.StreamSocketError, TimeoutError) as exc:
-                    self.handshake_failures += 1
-                    self.last_handshake_error = exc
-                    return
+    def _start_handshake(self, st: StreamState) -> None:
+        handshake: Handshake | None = None
+
+        def done(state: StreamState, reading: bool) -> None:
+            self._handshakes.discard(handshake)
+            self._established(state, reading)
+
+        def failed(exc: BaseException) -> None:
+            self._handshakes.discard(handshake)
+            self.handshake_failures += 1
+            self.last_handshake_error = exc
+            self._check_idle()
+
+        handshake = Handshake(self._loop, st, self._handshake_timeout, done, failed)
+        if st.conn is not None and not st.ready:  # not over within its first step
+            self._handshakes.add(handshake)
+
+    def _established(self, st: StreamState, reading: bool) -> None:
+        if self._protocol_factory is not None:
             try:
-                result = self._handler(stream)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+                protocol = self._protocol_factory()
+            except BaseException as exc:
+                st.conn.close()
+                st.conn = None
                 self._loop.call_exception_handler(
-                    {"message": f"handler of {self.address} failed", "exception": exc, "server": self})
+                    {"message": f"protocol factory of {self.address} failed", "exception": exc, "server": self})
+                return
+            transport = StreamTransport(self._loop, st, protocol, on_lost=self._transport_lost)
+            self._transports.add(transport)
+            transport.start()
+            return
+        stream = AsyncStream(st, self._loop)
+        if reading:
+            stream._watch_read(st.conn, taking_over=True)
+        task = self._loop.create_task(self._serve(stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._check_idle()
+
+    def _transport_lost(self, transport: StreamTransport) -> None:
+        self._transports.discard(transport)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._idle is not None and not (self._tasks or self._handshakes or self._transports):
+            if not self._idle.done():
+                self._idle.set_result(None)
+
+    async def _serve(self, stream: AsyncStream) -> None:
+        try:
+            result = self._handler(stream)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._loop.call_exception_handler(
+                {"message": f"handler of {self.address} failed", "exception": exc, "server": self})
         finally:
             stream.close()
 
@@ -532,21 +646,32 @@ class AsyncServer:
         return self._conn is not None
 
     def close(self) -> None:
-        """Stops listening (connections already accepted go on); idempotent."""
+        """Stops listening and drops handshakes in progress (connections
+        already established go on); idempotent."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._loop.remove_reader(self._listening_fd)
             conn.close()
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        self._handshakes.clear()
 
     def close_clients(self) -> None:
-        """Cancels every running handler (their streams get closed)."""
+        """Cancels every running handler (their streams get closed) and
+        closes every transport."""
         for task in list(self._tasks):
             task.cancel()
+        for transport in list(self._transports):
+            transport.abort()
 
     async def wait_closed(self) -> None:
-        """Waits until the server is closed and every handler has finished."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Waits until the server is closed and every handler and transport has finished."""
+        while self._tasks or self._handshakes or self._transports:
+            self._idle = self._loop.create_future()
+            try:
+                await self._idle
+            finally:
+                self._idle = None
 
     async def __aenter__(self) -> "AsyncServer":
         return self
@@ -560,19 +685,15 @@ class AsyncServer:
         return f"<AsyncServer {self.address}{' closed' if self._conn is None else ''}>"
 
 
-async def server(address: Address | str, handler: Handler, context: Context | None = None, *,
-                 backend: _backend.Backend | None = None,
-                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT) -> AsyncServer:
-    """stream_socket_server for asyncio: listens on ``address`` and runs
-    ``await handler(stream)`` for each connection. ssl/tls servers complete
-    the handshake first, within ``handshake_timeout`` seconds (None: no limit)."""
+async def _listen(address: Address | str, context: Context | None, backend: _backend.Backend | None,
+                  loop: asyncio.AbstractEventLoop):
+    """(connection, backend, address, context) of a new listening socket."""
     backend = backend if backend is not None else _backend.select()
     a = _stream.address_for(backend, address, needs_port=True)
     if a.transport.datagram:
         raise _e.error(_e.STATE, f"{a.transport.value} servers have no connections to serve")
     ctx = context if context is not None else DEFAULT_CONTEXT
     tls = backend.tls_context(ctx, True, a.transport) if a.secure else None
-    loop = asyncio.get_running_loop()
     open_server = backend.open_server
     if a.host is not None and ip_literal(a.host) is None:
         # binding to a name resolves it (blocking): done off the loop
@@ -584,8 +705,48 @@ async def server(address: Address | str, handler: Handler, context: Context | No
             raise
     else:
         conn = open_server(a, ctx, tls)
+    return conn, backend, a, ctx
+
+
+async def server(address: Address | str, handler: Handler, context: Context | None = None, *,
+                 backend: _backend.Backend | None = None,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT) -> AsyncServer:
+    """stream_socket_server for asyncio: listens on ``address`` and runs
+    ``await handler(stream)`` for each connection. ssl/tls servers complete
+    the handshake first, within ``handshake_timeout`` seconds (None: no limit)."""
+    loop = asyncio.get_running_loop()
+    conn, backend, a, ctx = await _listen(address, context, backend, loop)
     try:
         return AsyncServer(conn, backend, a, ctx, handler, handshake_timeout, loop)
     except BaseException:
         conn.close()
         raise
+
+
+async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], address: Address | str,
+                        context: Context | None = None, *, backend: _backend.Backend | None = None,
+                        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT) -> AsyncServer:
+    """``loop.create_server`` on a streamsock address: each connection gets
+    ``protocol_factory()`` on a :class:`StreamTransport` once its TLS
+    handshake is done (within ``handshake_timeout`` seconds), so asyncio
+    protocols written for ``loop.create_server`` run unchanged."""
+    loop = asyncio.get_running_loop()
+    conn, backend, a, ctx = await _listen(address, context, backend, loop)
+    try:
+        return AsyncServer(conn, backend, a, ctx, None, handshake_timeout, loop, protocol_factory)
+    except BaseException:
+        conn.close()
+        raise
+
+
+async def create_connection(protocol_factory: Callable[[], asyncio.BaseProtocol], address: Address | str,
+                            timeout: float | None = None, context: Context | None = None, *,
+                            backend: _backend.Backend | None = None) -> tuple[StreamTransport, asyncio.BaseProtocol]:
+    """``loop.create_connection`` on a streamsock address: connects as
+    :func:`client` does (TLS verified), then returns ``(transport, protocol)``."""
+    stream = await client(address, timeout, context, backend=backend)
+    stream._unwatch_read()
+    protocol = protocol_factory()
+    transport = StreamTransport(stream._loop, stream._st, protocol)
+    transport.start()
+    return transport, protocol

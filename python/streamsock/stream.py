@@ -188,11 +188,12 @@ class Stream:
             try:
                 if not self._blocking:
                     return max(st.conn.write(data), 0)
-                view = memoryview(data).cast("B")
-                total = st.conn.write_wait(view, self._timeout)
+                if type(data) is not bytes:
+                    data = memoryview(data).cast("B")
+                total = st.conn.write_wait(data, self._timeout)
             except _e.StreamSocketError as exc:
                 raise self._closed_under_us(exc) from None
-            if total < len(view):
+            if total < len(data):
                 st.timed_out = True
                 exc = _e.error(_e.TIMEOUT, f"write on {st.address} timed out after {self._timeout:g} s", 110)
                 exc.written = total  # type: ignore[attr-defined]

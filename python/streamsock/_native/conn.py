@@ -73,6 +73,7 @@ def cached_options(address: Address, context, tls):
     return entry
 
 
+_unpack = ffi.unpack
 _scratch = threading.local()
 
 
@@ -144,7 +145,7 @@ class NativeConnection:
         buf = _read_buffer(size)
         n = lib.ss_conn_read(self._h, buf, size)
         if n > 0:
-            return ffi.buffer(buf, n)[:]
+            return _unpack(buf, n)
         if n == 0:
             return b""
         if n in _IO_WANT:
@@ -161,7 +162,7 @@ class NativeConnection:
             while n == _INTERRUPTED:
                 n = lib.ss_conn_read_wait(self._h, buf, size, timeout_ms(_left(deadline)))
         if n > 0:
-            return ffi.buffer(buf, n)[:]
+            return _unpack(buf, n)
         if n == 0:
             return b""
         if n == _TIMEOUT:
@@ -170,7 +171,8 @@ class NativeConnection:
 
     def write(self, data) -> int:
         """Bytes written (> 0), or -WANT_READ / -WANT_WRITE when nothing could be."""
-        n = lib.ss_conn_write(self._h, ffi.from_buffer(data), len(data))
+        # cffi passes bytes as a char pointer without a copy; other buffers need from_buffer
+        n = lib.ss_conn_write(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data))
         if n >= 0:
             return n
         if n in _IO_WANT:
@@ -181,7 +183,8 @@ class NativeConnection:
         """Writes all of ``data``, blocking up to ``timeout`` seconds; returns
         how much went out (less than all only when the time ran out)."""
         status = self._status
-        n = lib.ss_conn_write_wait(self._h, ffi.from_buffer(data), len(data), timeout_ms(timeout), status)
+        n = lib.ss_conn_write_wait(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data),
+                                   timeout_ms(timeout), status)
         if status[0] == 0:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
