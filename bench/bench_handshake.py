@@ -2,6 +2,7 @@
 ``openssl s_server`` process: client CPU per connection and median latency.
 
     python bench/bench_handshake.py [--rounds N] [--connections N] [--quick] [--json FILE]
+                                    [--instructions] [--syscalls]
 
 Contenders: OpenSSL's own C client (``openssl s_time -new``), the native
 backend, the pure backend, and stdlib ``ssl`` (``socket.create_connection`` +
@@ -12,7 +13,9 @@ getrusage around its timed loop (for ``s_time``, from wait4 on the whole
 process, whose start-up adds a few milliseconds to a multi-second run; Linux
 splits user from system time by sampling, so the sum is the steadier figure). Rounds
 alternate the contenders so drift hits them alike; each figure is the median
-of the rounds.
+of the rounds. ``--syscalls`` counts each client's system calls per
+connection with strace (two runs of different lengths, the difference
+divided by the difference in connections, so start-up drops out).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGETS = {"native": (("openssl s_time", 1.03), ("pure", 0.95))}
+TARGETS = {"native": (("openssl s_time", 1.03), ("stdlib ssl", 0.97), ("pure", 0.95))}
 CLIENTS = ("openssl s_time", "native", "pure", "stdlib ssl")
 
 
@@ -162,6 +165,38 @@ def instructions_per_connection(name: str, port: int, cafile: str, counts=(20, 2
     return (ir2 - ir1) / (n2 - n1)
 
 
+def _strace_counts(command: list[str]) -> tuple[dict[str, int], str]:
+    """(calls by system call, the command's stdout) for one run under strace -c."""
+    with tempfile.TemporaryDirectory() as directory:
+        table = os.path.join(directory, "strace.txt")
+        out = subprocess.run(["strace", "-f", "-c", "-o", table, *command], capture_output=True, text=True,
+                             timeout=600)
+        calls = {}
+        with open(table) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                    calls[fields[-1]] = int(fields[3])
+    return calls, out.stdout
+
+
+def syscalls_per_connection(name: str, port: int, cafile: str, counts=(50, 550)) -> dict[str, float]:
+    """System calls of one connection, by call, start-up excluded."""
+    runs = []
+    if name == "openssl s_time":
+        for seconds in (1, 4):
+            calls, text = _strace_counts(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-tls1_3",
+                                          "-time", str(seconds), "-verify", "2", "-CAfile", cafile])
+            runs.append((calls, int(re.search(r"(\d+) connections in", text).group(1))))
+    else:
+        for count in counts:
+            calls, _ = _strace_counts([sys.executable, __file__, "--count-only", name, str(port), cafile, str(count)])
+            runs.append((calls, count))
+    (c1, n1), (c2, n2) = runs
+    per = {call: (c2.get(call, 0) - c1.get(call, 0)) / (n2 - n1) for call in set(c1) | set(c2)}
+    return {call: n for call, n in sorted(per.items(), key=lambda item: -item[1]) if n >= 0.05}
+
+
 def count_only(name: str, port: int, cafile: str, count: int) -> None:
     once = _connect_once_factory(name, port, cafile)
     for _ in range(count):
@@ -223,6 +258,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per connection with valgrind (a few minutes)")
+    parser.add_argument("--syscalls", action="store_true", help="also count system calls per connection (strace)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.connections = 1, 300
@@ -238,6 +274,10 @@ def main() -> None:
             if args.instructions and shutil.which("valgrind"):
                 for name in ("openssl s_time", "native", "pure"):
                     counted[name] = instructions_per_connection(name, port, cafile)
+            syscalls = {}
+            if args.syscalls and shutil.which("strace"):
+                for name in CLIENTS:
+                    syscalls[name] = syscalls_per_connection(name, port, cafile)
             for _ in range(args.rounds):
                 for name in CLIENTS:
                     if name == "openssl s_time":
@@ -275,6 +315,13 @@ def main() -> None:
                   f"{'met' if ratio <= target else 'NOT met'})")
     native_latency = summary["native"]["median_latency_us"] / summary["pure"]["median_latency_us"]
     print(f"native / pure median latency: {native_latency:.3f}")
+    if syscalls:
+        print("\n| client | system calls per connection | of which |")
+        print("|---|---:|---|")
+        for name, calls in syscalls.items():
+            detail = ", ".join(f"{call} {n:.1f}" for call, n in calls.items())
+            print(f"| {name} | {sum(calls.values()):.1f} | {detail} |")
+        summary["syscalls_per_connection"] = syscalls
     if counted:
         print("\n| client | instructions per connection (callgrind) | ratio to s_time |")
         print("|---|---:|---:|")

@@ -342,6 +342,57 @@ int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out);
  * certificate, or a negative error. */
 int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap);
 
+/* ---- the acceptor: a server's handshakes, none waiting on another -------- */
+
+typedef struct ss_acceptor ss_acceptor_t;
+
+/*   handshake_timeout_ms  from accept to established, per connection (<= 0: none)
+ *   max_handshakes        handshakes in progress plus connections established and
+ *                         not yet handed over, at most (0: 1024); beyond it new
+ *                         clients wait in the listen backlog */
+typedef struct ss_acceptor_options {
+    int32_t handshake_timeout_ms;
+    uint32_t max_handshakes;
+} ss_acceptor_options_t;
+
+/* An acceptor for listener (a listening stream conn, which stays the caller's
+ * and must outlive the acceptor). NULL and *err on failure. */
+ss_acceptor_t *ss_acceptor_new(ss_conn_t *listener, const ss_acceptor_options_t *opts, ss_error_info_t *err);
+/* Closes the handshakes in progress and the connections not handed over. NULL is a no-op. */
+void ss_acceptor_free(ss_acceptor_t *acceptor);
+
+/* An epoll fd, readable whenever ss_acceptor_run has work to do. */
+int ss_acceptor_fd(const ss_acceptor_t *acceptor);
+
+/* Accepts what waits, steps the handshakes whose sockets are ready, ends those
+ * past their deadline (counted as failures), waiting up to timeout_ms (0: not
+ * at all, -1: no limit) until a connection is established. Writes up to cap
+ * established conns to out (the caller owns them: ss_conn_free) and returns
+ * how many; 0 when the time ran out or a handshake accepted in the current
+ * epoch failed (ss_acceptor_epoch_failures); SS_IO_INTERRUPTED on a signal or
+ * ss_acceptor_wake; or a negative error. Blocks only the calling thread. */
+int32_t ss_acceptor_run(ss_acceptor_t *acceptor, int32_t timeout_ms, ss_conn_t **out, uint32_t cap);
+
+/* Milliseconds until the acceptor needs a run without any event (a handshake
+ * deadline, the end of a pause after running out of descriptors; 0: now), or
+ * -1 when nothing is due. */
+int32_t ss_acceptor_next_timer(const ss_acceptor_t *acceptor);
+
+/* Failed handshakes so far (returned), accept() failures, and the last error of each. */
+uint64_t ss_acceptor_stats(const ss_acceptor_t *acceptor, uint64_t *accept_errors,
+                           ss_error_info_t *last_handshake_error, ss_error_info_t *last_accept_error);
+
+/* Starts an epoch (a blocking accept call): failures of the handshakes
+ * accepted from now on are reported by ss_acceptor_epoch_failures, and make
+ * ss_acceptor_run return; those accepted before are only counted. */
+uint64_t ss_acceptor_begin(ss_acceptor_t *acceptor);
+/* Failed handshakes of the current epoch, and the last one's error. */
+uint64_t ss_acceptor_epoch_failures(const ss_acceptor_t *acceptor, ss_error_info_t *last);
+
+/* Makes a running (or the next) ss_acceptor_run return SS_IO_INTERRUPTED: the
+ * one acceptor call that is safe from any thread. */
+void ss_acceptor_wake(ss_acceptor_t *acceptor);
+
 /* ---- the engine: many client connections at once on epoll -------------- */
 
 typedef struct ss_engine ss_engine_t;

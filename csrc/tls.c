@@ -649,6 +649,12 @@ int64_t ss__tls_read(ss_conn_t *conn, char *buf, size_t len)
         size_t n = 0;
         if (SSL_read_ex(conn->ssl, buf + got, len - got, &n)) {
             got += n;
+            /* The record is used up, nothing waits in our buffer and no recv
+             * is allowed: another SSL_read would only say WANT_READ. */
+            if (!SSL_pending(conn->ssl) && conn->rbuf_off == conn->rbuf_len && !conn->recv_budget) {
+                waiting_to_read(conn);
+                return (int64_t)got;
+            }
             continue;
         }
         switch (SSL_get_error(conn->ssl, 0)) {

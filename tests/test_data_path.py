@@ -205,6 +205,7 @@ def test_a_client_that_writes_and_closes_delivers_every_byte(backend, pki):
     payload = blob(2 << 20, seed=10)
     with RawServer(late_reader) as peer:
         s = backend.client(f"tls://127.0.0.1:{peer.port}", timeout=10, context=client_ctx(pki))
+        assert ss.select([s], [], [], 10)[0]  # the server's tickets have arrived, unread
         s.set_blocking(False)
         sent = s.write(payload)  # what fits: the peer is not reading yet
         s.close()

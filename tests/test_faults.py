@@ -385,8 +385,8 @@ def test_server_client_sends_nothing_accept_times_out(backend, pki):
         with raw_client(port_of(srv)):
             time.sleep(0.05)  # the connection is in the accept queue before accept starts
             exc = expect(ss.TimeoutError, lambda: srv.accept(timeout=0.5), at_least=0.45, within=0.5 + SLACK)
-            assert exc.errno == 110 and "TLS handshake timed out" in str(exc)
-        serve_good_client(backend, pki, srv)
+            assert exc.errno == 110 and "accept on" in str(exc) and "timed out" in str(exc)
+        serve_good_client(backend, pki, srv)  # the silent client, still mid-handshake, holds nobody up
 
 
 def test_server_client_sends_partial_hello_accept_times_out(backend, pki):

@@ -232,3 +232,97 @@ def test_udp_over_ipv6(backend):
             assert data == b"v6" and peer.startswith("[::1]:")
             srv.sendto(b"back", peer)
             assert c.read(100) == b"back"
+
+
+# --- accepting and handshaking apart: no client holds another up -----------------------------------
+
+
+def test_silent_clients_do_not_hold_up_a_good_one(backend, pki):
+    """Five clients that connect and never send a ClientHello sit in their
+    handshakes while the sixth is served at once."""
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        port = port_of(srv)
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        try:
+            got: list = []
+
+            def good_client():
+                ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+                with backend.client(f"tls://127.0.0.1:{port}", timeout=5, context=ctx) as s:
+                    got.append(s.read(100))
+
+            thread = threading.Thread(target=good_client)
+            thread.start()
+            start = time.monotonic()
+            conn, _ = srv.accept(timeout=10)
+            with conn:
+                conn.write(b"served")
+            assert time.monotonic() - start < 2.0
+            thread.join(10)
+            assert got == [b"served"]
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_a_stalled_handshake_ends_at_handshake_timeout(backend, pki):
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki), handshake_timeout=0.3) as srv:
+        with socket.create_connection(("127.0.0.1", port_of(srv)), timeout=5) as silent:
+            # accept() keeps running the acceptor; the silent client's handshake ends at its deadline
+            with pytest.raises(ss.TimeoutError):
+                srv.accept(timeout=1.0)
+            assert srv.handshake_failures == 1
+            assert silent.recv(100) == b""  # the server closed it
+
+
+def test_close_from_another_thread_ends_a_waiting_accept(backend, pki):
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        outcome: list = []
+        entered = threading.Event()
+
+        def accept():
+            entered.set()
+            try:
+                srv.accept(timeout=8)
+            except BaseException as exc:
+                outcome.append((exc, time.monotonic()))
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        entered.wait(5)  # about to wait in accept, or waiting: either way the close must end it
+        closed_at = time.monotonic()
+        srv.close()
+        thread.join(5)
+        assert not thread.is_alive()
+        exc, ended_at = outcome[0]
+        assert isinstance(exc, ss.StreamSocketError) and exc.code == "SS_ERR_CLOSED"
+        assert ended_at - closed_at < 1.0
+        with pytest.raises(ss.StreamSocketError, match="closed"):
+            srv.accept(timeout=1)
+
+
+def test_accepting_threads_share_one_server(backend, pki):
+    """Four threads in accept() at once: one drives the acceptor, each gets a client."""
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        port = port_of(srv)
+        served: list = []
+        lock = threading.Lock()
+
+        def acceptor():
+            conn, peer = srv.accept(timeout=10)
+            with conn:
+                conn.write(b"hi")
+                with lock:
+                    served.append(peer)
+
+        threads = [threading.Thread(target=acceptor) for _ in range(4)]
+        for t in threads:
+            t.start()
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        clients = [backend.client(f"tls://127.0.0.1:{port}", timeout=10, context=ctx) for _ in range(4)]
+        for c in clients:
+            assert c.read(2) == b"hi"
+            c.close()
+        for t in threads:
+            t.join(10)
+        assert len(set(served)) == 4

@@ -171,10 +171,12 @@ def fsockopen(host: str, port: int | None = None, timeout: float | None = None,
 
 
 def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
-           context: Context | None = None) -> Server:
+           context: Context | None = None, *, handshake_timeout: float | None = None) -> Server:
     """Listen (tcp, ssl/tls, unix) or bind (udp, udg), as PHP's ``stream_socket_server``.
-    Port 0 picks a free port: see ``Server.local_name``."""
-    return _active.server(address, flags, context)
+    Port 0 picks a free port: see ``Server.local_name``. Each client's TLS
+    handshake runs beside the others' and must end within
+    ``handshake_timeout`` seconds (default 60, PHP's default_socket_timeout)."""
+    return _active.server(address, flags, context, handshake_timeout=handshake_timeout)
 
 
 def probe(targets, concurrency: int = 100, timeout: float = 5.0, context: Context | None = None, *,

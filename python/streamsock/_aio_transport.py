@@ -1,5 +1,4 @@
-"""asyncio's Protocol/Transport face over a streamsock connection, and the
-accept-side handshake driven by loop callbacks.
+"""asyncio's Protocol/Transport face over a streamsock connection.
 
 :class:`StreamTransport` is an ``asyncio.Transport``: existing asyncio
 protocols (h11-based servers, websockets' protocol, anything written for
@@ -9,11 +8,6 @@ the backend per readable event, no task, no future. ``write`` goes straight
 to the connection; what the socket does not take waits in a buffer (with
 ``pause_writing`` above the high-water mark) and goes out when it is
 writable.
-
-:class:`Handshake` drives a connection's TLS handshake from readiness
-callbacks too, so a server needs no task per connection until the handshake
-is done, and a client that never finishes its handshake holds only its
-socket until ``handshake_timeout``.
 """
 
 from __future__ import annotations
@@ -53,6 +47,7 @@ class StreamTransport(asyncio.Transport):
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._on_lost = on_lost
         self._wbuf = bytearray()
+        self._writer = False  # watching for writability
         self._reading = True
         self._closing = False
         self._lost = False
@@ -64,7 +59,7 @@ class StreamTransport(asyncio.Transport):
         self._protocol.connection_made(self)
         if self._reading and not self._closing:
             self._loop.add_reader(self._fd, self._read_ready)
-            self._loop.call_soon(self._read_ready)
+            self._read_ready()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -79,7 +74,7 @@ class StreamTransport(asyncio.Transport):
                 return
             if type(data) is not bytes:
                 if data == WANT_WRITE:  # TLS must write before it reads on: go on when writable
-                    self._loop.add_writer(self._fd, self._write_ready)
+                    self._watch_write()
                 return
             if not data:
                 self._eof()
@@ -155,7 +150,7 @@ class StreamTransport(asyncio.Transport):
         if n == len(data):
             return
         self._wbuf += memoryview(data)[max(n, 0):]
-        self._loop.add_writer(self._fd, self._write_ready)
+        self._watch_write()
         self._check_high_water()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -174,7 +169,7 @@ class StreamTransport(asyncio.Transport):
                 del self._wbuf[:n]
         if self._wbuf:
             return
-        self._loop.remove_writer(self._fd)
+        self._unwatch_write()
         if self._write_paused and not self._closing:
             self._write_paused = False
             self._protocol.resume_writing()
@@ -182,6 +177,16 @@ class StreamTransport(asyncio.Transport):
             self._finish(None)
         elif self._reading:
             self._read_ready()  # a read that waited for this write (TLS) goes on
+
+    def _watch_write(self) -> None:
+        if not self._writer:
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer = True
+
+    def _unwatch_write(self) -> None:
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
 
     def _check_high_water(self) -> None:
         if not self._write_paused and len(self._wbuf) > self._high:
@@ -246,7 +251,7 @@ class StreamTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
-        self._loop.remove_writer(self._fd)
+        self._unwatch_write()
         conn, self._st.conn = self._st.conn, None
         if conn is not None:
             conn.close()
@@ -281,77 +286,3 @@ class StreamTransport(asyncio.Transport):
 
     def __repr__(self) -> str:
         return f"<StreamTransport {self._st.address} {self._st.describe()}>"
-
-
-class Handshake:
-    """Drives an accepted connection's handshake from readiness callbacks;
-    then ``done(state, reader_registered)``, or ``failed(exc)`` (the
-    connection closed). When ``reader_registered`` is true the fd is still
-    watched for reading with this object's callback: ``done`` must hand the
-    registration to its new owner (``loop.add_reader`` again: no syscall)."""
-
-    __slots__ = ("loop", "state", "fd", "done", "failed", "timer", "watching")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, state: StreamState, timeout: float | None,
-                 done: Callable[[StreamState, bool], None], failed: Callable[[BaseException], None]) -> None:
-        self.loop = loop
-        self.state = state
-        self.fd = state.conn.fileno()
-        self.done = done
-        self.failed = failed
-        self.watching = 0  # WANT_READ or WANT_WRITE registered, 0: none
-        self.timer = loop.call_later(timeout, self._timed_out) if timeout is not None else None
-        self._step()
-
-    def _step(self) -> None:
-        st = self.state
-        try:
-            rc = st.conn.step(st.pending_context)
-            if rc == DONE:
-                st.after_handshake()
-        except BaseException as exc:
-            self._end()
-            if st.conn is not None:
-                st.conn.close()
-                st.conn = None
-            self.failed(exc)
-            return
-        if rc == DONE:
-            reading = self.watching == WANT_READ
-            self._end(keep_reader=True)
-            self.done(st, reading)
-        elif rc != self.watching:
-            self._unwatch()
-            (self.loop.add_reader if rc == WANT_READ else self.loop.add_writer)(self.fd, self._step)
-            self.watching = rc
-
-    def _unwatch(self) -> None:
-        if self.watching == WANT_READ:
-            self.loop.remove_reader(self.fd)
-        elif self.watching == WANT_WRITE:
-            self.loop.remove_writer(self.fd)
-        self.watching = 0
-
-    def _end(self, keep_reader: bool = False) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if not (keep_reader and self.watching == WANT_READ):
-            self._unwatch()
-
-    def _timed_out(self) -> None:
-        self.timer = None
-        self._end()
-        st = self.state
-        if st.conn is not None:
-            st.conn.close()
-            st.conn = None
-        self.failed(_e.error(_e.TIMEOUT, "TLS handshake timed out", 110, context=st.pending_context))
-
-    def cancel(self) -> None:
-        """The server is closing: the half-done connection goes."""
-        self._end()
-        st = self.state
-        if st.conn is not None:
-            st.conn.close()
-            st.conn = None

@@ -24,7 +24,7 @@ from . import stream as _stream
 from .address import Address, AddressBatch, Transport, join
 from .context import Context, TLSSettings, check_version_range
 
-__all__ = ["Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "get", "select"]
+__all__ = ["Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "get", "select"]
 
 NAMES = ("native", "pure")
 ENV = "STREAMSOCK_BACKEND"
@@ -83,6 +83,29 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+class Acceptor(Protocol):
+    """A listener's accepting and TLS handshakes, none waiting on another.
+
+    ``run`` accepts what waits, steps every handshake whose socket is ready,
+    ends those past ``handshake_timeout``, and returns the connections that
+    are established (waiting up to ``timeout`` for one; [] when the time ran
+    out, a signal came, ``wake`` was called, or a handshake accepted since the
+    last ``begin`` failed: ``epoch_failure`` says which; the failures of
+    handshakes accepted before are only counted). ``fileno`` is readable
+    whenever ``run`` has work; ``next_timer`` says when a run is due without
+    any event. ``stats``: (failed handshakes, accept errors, the last of each
+    as (code, errno, message) or None)."""
+
+    def fileno(self) -> int: ...
+    def run(self, timeout: float | None) -> list[Connection]: ...
+    def next_timer(self) -> float | None: ...
+    def stats(self) -> tuple[int, int, tuple[int, int, str] | None, tuple[int, int, str] | None]: ...
+    def begin(self) -> None: ...
+    def epoch_failure(self) -> tuple[int, int, str] | None: ...
+    def wake(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class BackendModule(Protocol):
     """What a backend package's module provides."""
 
@@ -90,6 +113,7 @@ class BackendModule(Protocol):
     FEATURES: frozenset[str]
     Connection: type  # its connection class, checked against Connection
     engine: type      # its engine class (options, context), checked against Engine
+    acceptor: type    # its acceptor class (listener, handshake_timeout), checked against Acceptor
 
     def parse(self, text: str) -> Address: ...
     def parse_many(self, texts: Iterable[str], errors: str = "raise") -> list: ...
@@ -116,7 +140,7 @@ def _has(cls: type, name: str) -> bool:
 def _check_surface(module: ModuleType) -> None:
     """A backend that lacks part of the surface fails when it loads, not mid-call."""
     missing = [name for name in sorted(_members(BackendModule)) if not hasattr(module, name)]
-    for attribute, protocol in (("Connection", Connection), ("engine", Engine)):
+    for attribute, protocol in (("Connection", Connection), ("engine", Engine), ("acceptor", Acceptor)):
         cls = getattr(module, attribute, None)
         if cls is not None:
             missing += [f"{attribute}.{name}" for name in sorted(_members(protocol)) if not _has(cls, name)]
@@ -174,6 +198,11 @@ class Backend:
         """A probe engine for ``options`` (probe.ProbeOptions) and ``context``."""
         return self._module.engine(options, context)
 
+    def acceptor(self, listener: Connection, handshake_timeout: float | None) -> Acceptor:
+        """The acceptor of a listening connection (each handshake within
+        ``handshake_timeout`` seconds; None: no limit)."""
+        return self._module.acceptor(listener, handshake_timeout)
+
     # -- the public surface -------------------------------------------------------------------
 
     def join(self, host: str, port: int | None = None) -> Address:
@@ -191,9 +220,9 @@ class Backend:
         return _stream.fsockopen(self, host, port, timeout, context)
 
     def server(self, address: Address | str, flags: int = _stream.SERVER_BIND | _stream.SERVER_LISTEN,
-               context: Context | None = None) -> _stream.Server:
+               context: Context | None = None, *, handshake_timeout: float | None = None) -> _stream.Server:
         """PHP's stream_socket_server; see :func:`streamsock.server`."""
-        return _stream.server(self, address, flags, context)
+        return _stream.server(self, address, flags, context, handshake_timeout)
 
     def probe(self, targets: Iterable[str | Address], concurrency: int = 100, timeout: float = 5.0,
               context: Context | None = None, *, connect_timeout: float | None = None,

@@ -148,12 +148,12 @@ class StreamState:
     def after_handshake(self) -> None:
         """PHP's checks after a TLS handshake: peer_fingerprint, certificate capture."""
         self.ready = True
-        conn = self.conn
-        if not conn.is_tls:
-            return
         ssl = self.context._ssl
         wants_chain = ssl.get("capture_peer_cert_chain", False)
         if not ("peer_fingerprint" in ssl or ssl.get("capture_peer_cert") or wants_chain):
+            return  # the common case, decided without a call into the connection
+        conn = self.conn
+        if not conn.is_tls:
             return
         from .certificate import Certificate, fingerprint_matches
 

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from . import _backend
 from . import errors as _e
 from . import stream as _stream
-from ._aio_transport import Handshake, StreamTransport
+from ._aio_transport import StreamTransport
 from ._resolve import resolve
 from ._state import CHUNK, StreamState
 from .address import Address, Transport, ip_literal
@@ -47,7 +48,10 @@ __all__ = ["AsyncServer", "AsyncStream", "StreamTransport", "client", "create_co
 
 DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRITE
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
-_READ_MAX = 262144  # bytes taken from the connection per readiness event at most
+_FILL = 65536  # bytes taken from the connection when a read has no size of its own (readline, read(-1))
+_READ_CAP = 262144  # bytes taken from the connection per call at most, however large the read
+_COROUTINE = types.CoroutineType
+_Future = asyncio.Future
 
 
 class AsyncStream:
@@ -56,7 +60,7 @@ class AsyncStream:
     reader (or writer) gets SS_ERR_BUSY, as does any I/O during a handshake."""
 
     __slots__ = ("_st", "_loop", "_reading", "_writing", "_read_waiter", "_step_waiter", "_write_waiters",
-                 "_read_fd", "_write_fd", "_may_hold_more", "__weakref__")
+                 "_read_fd", "_write_fd", "_may_hold_more", "_want", "__weakref__")
 
     def __init__(self, state: StreamState, loop: asyncio.AbstractEventLoop) -> None:
         self._st = state
@@ -69,6 +73,7 @@ class AsyncStream:
         self._read_fd = -1   # the fd watched for reading, -1: none
         self._write_fd = -1
         self._may_hold_more = True  # the connection may have data without the socket becoming readable
+        self._want = _FILL  # what the waiting read asked for: taken as it is, no copy of a rest
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -88,15 +93,12 @@ class AsyncStream:
         if write:
             self._writing = False
 
-    def _watch_read(self, conn, taking_over: bool = False) -> None:
-        """Watches the socket for reading (``taking_over``: it is watched
-        already, by the handshake: only the callback changes)."""
+    def _watch_read(self, conn) -> None:
         fd = conn.fileno()
-        if fd != self._read_fd or taking_over:
+        if fd != self._read_fd:
             if fd < 0:
                 raise _e.error(_e.CLOSED)
-            if not taking_over:
-                self._unwatch_read()
+            self._unwatch_read()
             self._loop.add_reader(fd, self._on_readable)
             self._read_fd = fd
 
@@ -109,13 +111,14 @@ class AsyncStream:
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():
             conn = self._st.conn
+            want = self._want
             try:
-                data = conn.read(_READ_MAX)
+                data = conn.read(want)
             except BaseException as exc:  # the reader raises it
                 waiter.set_exception(exc)
                 return
             if type(data) is bytes:
-                self._may_hold_more = len(data) >= _READ_MAX
+                self._may_hold_more = len(data) >= want
                 waiter.set_result(data)  # the reader feeds it to the state (see _keep_delivered)
             elif data == WANT_WRITE:  # TLS must write before it can read on (a key update)
                 waiter.set_result(WANT_WRITE)
@@ -191,9 +194,9 @@ class AsyncStream:
         st = self._st
         conn = st.live()
         if self._may_hold_more:
-            data = conn.read(_READ_MAX)
+            data = conn.read(_FILL)
             if type(data) is bytes:
-                self._may_hold_more = len(data) >= _READ_MAX
+                self._may_hold_more = len(data) >= _FILL
                 st.feed(data)
                 return
             self._may_hold_more = False
@@ -202,6 +205,7 @@ class AsyncStream:
                 self._may_hold_more = True
                 return
         self._watch_read(conn)
+        self._want = _FILL
         self._read_waiter = waiter = self._loop.create_future()
         try:
             result = await waiter
@@ -227,31 +231,33 @@ class AsyncStream:
             return await self._read_all()
         if self._reading:
             raise _e.error(_e.BUSY, "stream is in use by another task")
-        if st.conn is None:
+        conn = st.conn
+        if conn is None:
             raise _e.error(_e.CLOSED)
-        if (out := st.read_now(size)) is not None:
-            return out  # buffered: no waiting
+        if st.head or st.rest or st.eof or not size:
+            return st.read_now(size)  # buffered (or the end): no waiting
         # The hot path of every request: _fill's work inlined, one coroutine frame.
+        want = size if size <= _READ_CAP else _READ_CAP
         self._reading = True
         try:
             while True:
-                conn = st.live()
                 if self._may_hold_more:
-                    data = conn.read(_READ_MAX)
+                    data = conn.read(want)
                     if type(data) is not bytes:
                         self._may_hold_more = False
                         if data == WANT_WRITE:
                             await self._writable(conn)
                             self._may_hold_more = True
                         continue
-                    self._may_hold_more = len(data) >= _READ_MAX
+                    self._may_hold_more = len(data) >= want
                     if data and len(data) <= size:
                         return data
                     st.feed(data)
                 else:
                     if self._read_fd < 0:
                         self._watch_read(conn)
-                    self._read_waiter = waiter = self._loop.create_future()
+                    self._want = want
+                    self._read_waiter = waiter = _Future(loop=self._loop)
                     try:
                         data = await waiter
                     except BaseException:
@@ -269,6 +275,7 @@ class AsyncStream:
                     st.feed(data)
                 if (out := st.read_now(size)) is not None:
                     return out
+                conn = st.live()
         finally:
             self._reading = False
 
@@ -522,10 +529,14 @@ class AsyncServer:
     """A listening socket whose connections each run ``handler(stream)`` in a
     task, or get a ``protocol_factory()`` protocol on a transport (see
     :func:`create_server`), after the TLS handshake on ssl/tls servers; the
-    stream is closed when the handler returns. Handshakes run from the
-    loop's readiness callbacks, each within ``handshake_timeout``, so a
+    stream is closed when the handler returns. The backend's acceptor runs
+    every handshake at once on a readiness set of its own (one loop callback
+    for any number of sockets), each within ``handshake_timeout``, so a
     client that stalls holds nobody else; those that fail are counted in
-    ``handshake_failures`` (the last error in ``last_handshake_error``)."""
+    ``handshake_failures`` (the last error in ``last_handshake_error``).
+    Running out of file descriptors makes the acceptor rest a moment instead
+    of spinning; the loop's exception handler hears of it once a second at
+    most."""
 
     def __init__(self, conn, backend, address: Address, context: Context, handler: Handler | None,
                  handshake_timeout: float | None, loop: asyncio.AbstractEventLoop,
@@ -536,54 +547,70 @@ class AsyncServer:
         self.context = context
         self._handler = handler
         self._protocol_factory = protocol_factory
-        self._handshake_timeout = handshake_timeout
         self._loop = loop
         self._tasks: set[asyncio.Task] = set()
-        self._handshakes: set[Handshake] = set()
         self._transports: set[StreamTransport] = set()
         self._idle: asyncio.Future | None = None
-        self._listening_fd = conn.fileno()
+        self._timer: asyncio.TimerHandle | None = None
+        self._accept_errors_seen = 0
+        self._accept_error_reported_at = -1.0
         self.handshake_failures = 0
         self.last_handshake_error: BaseException | None = None
-        loop.add_reader(self._listening_fd, self._on_readable)
+        self._acceptor = backend.acceptor(conn, handshake_timeout)
+        self._acceptor_fd = self._acceptor.fileno()
+        loop.add_reader(self._acceptor_fd, self._on_ready)
 
-    def _on_readable(self) -> None:
-        for _ in range(64):
-            if self._conn is None:
-                return
-            try:
-                conn = self._conn.accept()
-            except _e.StreamSocketError as exc:  # EMFILE and friends: report, keep serving
-                self._loop.call_exception_handler(
-                    {"message": f"accept on {self.address} failed", "exception": exc, "server": self})
-                return
-            if conn is None:
-                return
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._on_ready()
+
+    def _on_ready(self) -> None:
+        acceptor = self._acceptor
+        if acceptor is None:
+            return
+        try:
+            conns = acceptor.run(0)
+        except _e.StreamSocketError as exc:
+            self._loop.call_exception_handler(
+                {"message": f"accepting on {self.address} failed", "exception": exc, "server": self})
+            return
+        for conn in conns:
             st = StreamState(conn, self._backend, self.address, self.context, server_side=True)
             st.pending_context = "TLS handshake with the client failed"
-            if conn.state == "established":
-                self._established(st, False)
-            else:
-                self._start_handshake(st)
+            try:
+                st.after_handshake()  # capture_peer_cert, peer_fingerprint of a client certificate
+            except _e.StreamSocketError as exc:
+                self.handshake_failures += 1
+                self.last_handshake_error = exc
+                continue
+            self._established(st)
+        self._note_stats(acceptor)
+        due = acceptor.next_timer()
+        if due is not None:  # a handshake deadline or the end of a pause: a run then, events or not
+            at = self._loop.time() + due
+            if self._timer is None or at < self._timer.when():
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self._loop.call_at(at, self._on_timer)
 
-    def _start_handshake(self, st: StreamState) -> None:
-        handshake: Handshake | None = None
+    def _note_stats(self, acceptor) -> None:
+        failures, accept_errors, last_handshake, last_accept = acceptor.stats()
+        if failures > self.handshake_failures and last_handshake is not None:
+            code, sys_errno, message = last_handshake
+            self.last_handshake_error = _e.from_native(code, sys_errno, message,
+                                                       context="TLS handshake with the client failed")
+        self.handshake_failures = max(self.handshake_failures, failures)
+        if accept_errors > self._accept_errors_seen and last_accept is not None:
+            self._accept_errors_seen = accept_errors
+            now = self._loop.time()
+            if now - self._accept_error_reported_at >= 1.0:  # once a second at most
+                self._accept_error_reported_at = now
+                code, sys_errno, message = last_accept
+                self._loop.call_exception_handler(
+                    {"message": f"accept on {self.address} failed", "server": self,
+                     "exception": _e.from_native(code, sys_errno, message)})
 
-        def done(state: StreamState, reading: bool) -> None:
-            self._handshakes.discard(handshake)
-            self._established(state, reading)
-
-        def failed(exc: BaseException) -> None:
-            self._handshakes.discard(handshake)
-            self.handshake_failures += 1
-            self.last_handshake_error = exc
-            self._check_idle()
-
-        handshake = Handshake(self._loop, st, self._handshake_timeout, done, failed)
-        if st.conn is not None and not st.ready:  # not over within its first step
-            self._handshakes.add(handshake)
-
-    def _established(self, st: StreamState, reading: bool) -> None:
+    def _established(self, st: StreamState) -> None:
         if self._protocol_factory is not None:
             try:
                 protocol = self._protocol_factory()
@@ -598,8 +625,6 @@ class AsyncServer:
             transport.start()
             return
         stream = AsyncStream(st, self._loop)
-        if reading:
-            stream._watch_read(st.conn, taking_over=True)
         task = self._loop.create_task(self._serve(stream))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -613,14 +638,14 @@ class AsyncServer:
         self._check_idle()
 
     def _check_idle(self) -> None:
-        if self._idle is not None and not (self._tasks or self._handshakes or self._transports):
+        if self._idle is not None and not (self._tasks or self._transports):
             if not self._idle.done():
                 self._idle.set_result(None)
 
     async def _serve(self, stream: AsyncStream) -> None:
         try:
             result = self._handler(stream)
-            if inspect.isawaitable(result):
+            if type(result) is _COROUTINE or inspect.isawaitable(result):
                 await result
         except asyncio.CancelledError:
             raise
@@ -648,13 +673,16 @@ class AsyncServer:
     def close(self) -> None:
         """Stops listening and drops handshakes in progress (connections
         already established go on); idempotent."""
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            self._loop.remove_reader(self._acceptor_fd)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            acceptor.close()
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._loop.remove_reader(self._listening_fd)
             conn.close()
-        for handshake in list(self._handshakes):
-            handshake.cancel()
-        self._handshakes.clear()
 
     def close_clients(self) -> None:
         """Cancels every running handler (their streams get closed) and
@@ -666,7 +694,7 @@ class AsyncServer:
 
     async def wait_closed(self) -> None:
         """Waits until the server is closed and every handler and transport has finished."""
-        while self._tasks or self._handshakes or self._transports:
+        while self._tasks or self._transports:
             self._idle = self._loop.create_future()
             try:
                 await self._idle

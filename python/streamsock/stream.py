@@ -9,6 +9,7 @@ drives the same state, so both APIs behave the same by construction.
 
 from __future__ import annotations
 
+import collections
 import select as _select
 import threading
 import time
@@ -30,6 +31,7 @@ SERVER_LISTEN = 8
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
 
 _READ_ALL_CHUNK = 65536  # read(-1) gathers the stream in chunks of this size
+_READ_CAP = 262144  # bytes taken from the connection per call at most, however large the read
 
 default_socket_timeout = 60.0  # PHP's ini default; None passed as a timeout means this
 
@@ -144,7 +146,7 @@ class Stream:
                     st.feed(data)
                 return out
             while (out := st.read_now(size)) is None:
-                data = self._recv(max(size, CHUNK))
+                data = self._recv(CHUNK if size < CHUNK else size if size < _READ_CAP else _READ_CAP)
                 if data is None:
                     return None
                 st.feed(data)
@@ -348,45 +350,105 @@ class Stream:
 
 class Server:
     """A server socket (PHP's stream_socket_server): ``accept`` for stream
-    transports, ``recvfrom``/``sendto`` for udp and udg."""
+    transports, ``recvfrom``/``sendto`` for udp and udg.
 
-    __slots__ = ("_conn", "_backend", "address", "context", "__weakref__")
+    Accepting and handshaking are separate steps: the backend's acceptor runs
+    every client's TLS handshake at once, each within ``handshake_timeout``
+    seconds, so a client that stalls holds nobody else up. Threads may call
+    ``accept`` on one Server at once (one drives the acceptor, the others
+    take what it hands over); ``close()`` from another thread ends a waiting
+    ``accept`` with ClosedError."""
 
-    def __init__(self, conn, backend, address: Address, context: Context) -> None:
+    __slots__ = ("_conn", "_backend", "address", "context", "handshake_timeout", "_acceptor", "_ready", "_cond",
+                 "_driving", "_listener_to_close", "__weakref__")
+
+    def __init__(self, conn, backend, address: Address, context: Context,
+                 handshake_timeout: float | None = None) -> None:
         self._conn = conn
         self._backend = backend
         self.address = address
         self.context = context
+        #: Seconds a client has from its connect to the end of its TLS handshake.
+        self.handshake_timeout = timeout_value(handshake_timeout)
+        self._acceptor = None  # made on the first accept
+        self._ready: collections.deque = collections.deque()  # established, not yet accepted
+        self._cond = threading.Condition()
+        self._driving = False  # a thread is inside the acceptor
+        self._listener_to_close = None  # close() from another thread: the driving thread closes it
 
     def _live(self):
         if self._conn is None:
             raise _e.error(_e.CLOSED)
         return self._conn
 
+    @property
+    def handshake_failures(self) -> int:
+        """Clients whose handshake failed or timed out so far."""
+        acceptor = self._acceptor
+        return acceptor.stats()[0] if acceptor is not None else 0
+
     def accept(self, timeout: float | None = None) -> tuple[Stream, str]:
         """Waits up to ``timeout`` (default 60 s; negative: forever) for a
-        connection; for ssl/tls servers also completes the handshake in that
-        time. Returns the stream and the peer's name."""
-        listener = self._live()
+        connection, established (TLS handshake done) on ssl/tls servers.
+        Returns the stream and the peer's name. A client accepted during this
+        call whose handshake fails, while no other client is ready, raises its
+        error (PHP's accept returns false for it); the failures of clients
+        accepted earlier are only counted in ``handshake_failures``."""
         if self.address.transport.datagram:
             raise _e.error(_e.STATE, f"{self.address.transport.value} servers use recvfrom, not accept")
         seconds = timeout_value(timeout)
         deadline = None if seconds is None else time.monotonic() + seconds
-        while True:
-            conn = listener.accept()
-            if conn is not None:
-                break
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not listener.wait(WANT_READ, remaining):
-                raise _e.error(_e.TIMEOUT, f"accept on {self.address} timed out", 110)
+        began = False
+        with self._cond:
+            while True:
+                listener = self._live()
+                if self._ready:
+                    conn = self._ready.popleft()
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise _e.error(_e.TIMEOUT, f"accept on {self.address} timed out", 110)
+                if self._driving:  # another thread drives the acceptor: take what it hands over
+                    self._cond.wait(remaining)
+                    continue
+                self._drive(listener, remaining, not began)
+                began = True
+        return self._stream(conn)
+
+    def _drive(self, listener, remaining: float | None, begin: bool) -> None:
+        """One run of the acceptor, the lock released meanwhile (called with it
+        held). ``begin``: this accept call's first run, whose clients' failed
+        handshakes it reports (earlier clients' failures are only counted)."""
+        acceptor = self._acceptor
+        if acceptor is None:
+            acceptor = self._acceptor = self._backend.acceptor(listener, self.handshake_timeout)
+        if begin:
+            acceptor.begin()
+        self._driving = True
+        self._cond.release()
+        try:
+            conns = acceptor.run(remaining)
+            failure = acceptor.epoch_failure()
+        finally:
+            self._cond.acquire()
+            self._driving = False
+            self._cond.notify_all()
+        if self._conn is None:  # closed meanwhile: this thread closes up
+            for conn in conns:
+                conn.close()
+            self._finish_close()
+            raise _e.error(_e.CLOSED, "server closed by another thread")
+        self._ready.extend(conns)
+        if not conns and failure is not None:
+            code, sys_errno, message = failure
+            raise _e.from_native(code, sys_errno, message, context="TLS handshake with the client failed")
+
+    def _stream(self, conn) -> tuple[Stream, str]:
         st = StreamState(conn, self._backend, self.address, self.context, server_side=True)
         st.pending_context = "TLS handshake with the client failed"
         stream = Stream(st)
         try:
-            if conn.state != "established":
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                conn.run(remaining, st.pending_context)
-                st.after_handshake()
+            st.after_handshake()  # capture_peer_cert, peer_fingerprint of a client certificate
             return stream, conn.name(True)
         except BaseException:
             stream.close()
@@ -425,9 +487,27 @@ class Server:
         return self._live().fileno()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        """Stops listening; clients mid-handshake and not yet accepted are
+        closed. From another thread, a waiting accept ends with ClosedError."""
+        with self._cond:
+            if self._conn is None:
+                return
+            self._conn, self._listener_to_close = None, self._conn
+            if self._driving:  # the driving thread closes up when its run returns
+                self._acceptor.wake()
+                self._cond.notify_all()
+                return
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.close()
+        while self._ready:
+            self._ready.popleft().close()
+        listener, self._listener_to_close = self._listener_to_close, None
+        if listener is not None:
+            listener.close()
 
     def __enter__(self) -> "Server":
         return self
@@ -480,7 +560,7 @@ def fsockopen(backend, host: str, port: int | None = None, timeout: float | None
 
 
 def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
-           context: Context | None = None) -> Server:
+           context: Context | None = None, handshake_timeout: float | None = None) -> Server:
     """PHP's stream_socket_server. udp and udg servers are bound, never listening."""
     a = address_for(backend, address, needs_port=True)
     if not flags & SERVER_BIND:
@@ -488,7 +568,7 @@ def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LI
     ctx = context if context is not None else DEFAULT_CONTEXT
     tls = backend.tls_context(ctx, True, a.transport) if a.secure else None
     conn = backend.open_server(a, ctx, tls)
-    return Server(conn, backend, a, ctx)
+    return Server(conn, backend, a, ctx, handshake_timeout)
 
 
 def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | None = None):

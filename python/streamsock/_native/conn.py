@@ -97,7 +97,7 @@ class NativeConnection:
 
     def __init__(self, handle) -> None:
         self._h = ffi.gc(handle, lib.ss_conn_free)
-        self._status = ffi.new("int32_t *")
+        self._status = None  # write_wait's out-parameter, made on its first use
 
     def _raise(self, context: str | tuple | None = None):
         err = ffi.new("ss_error_info_t *")
@@ -142,7 +142,12 @@ class NativeConnection:
 
     def read(self, size: int):
         """bytes (b"" at end of stream), or WANT_READ / WANT_WRITE."""
-        buf = _read_buffer(size)
+        try:  # _read_buffer inlined: this is every read's path
+            buf = _scratch.buf
+            if len(buf) < size:
+                buf = _read_buffer(size)
+        except AttributeError:
+            buf = _read_buffer(size)
         n = lib.ss_conn_read(self._h, buf, size)
         if n > 0:
             return _unpack(buf, n)
@@ -183,6 +188,8 @@ class NativeConnection:
         """Writes all of ``data``, blocking up to ``timeout`` seconds; returns
         how much went out (less than all only when the time ran out)."""
         status = self._status
+        if status is None:
+            status = self._status = ffi.new("int32_t *")
         n = lib.ss_conn_write_wait(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data),
                                    timeout_ms(timeout), status)
         if status[0] == 0:
