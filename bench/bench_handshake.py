@@ -272,7 +272,7 @@ def main() -> None:
         try:
             counted = {}
             if args.instructions and shutil.which("valgrind"):
-                for name in ("openssl s_time", "native", "pure"):
+                for name in CLIENTS:
                     counted[name] = instructions_per_connection(name, port, cafile)
             syscalls = {}
             if args.syscalls and shutil.which("strace"):
@@ -328,6 +328,12 @@ def main() -> None:
         for name, ir in counted.items():
             print(f"| {name} | {ir:,.0f} | {ir / counted['openssl s_time']:.3f} |")
         summary["instructions_per_connection"] = counted
+        print()
+        for name, targets in TARGETS.items():
+            for other, target in targets:
+                ratio = counted[name] / counted[other]
+                print(f"{name} / {other} instructions per connection: {ratio:.3f} (target <= {target}: "
+                      f"{'met' if ratio <= target else 'NOT met'})")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
 

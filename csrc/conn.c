@@ -333,7 +333,6 @@ static int step(ss_conn_t *conn)
                 rc = ss__tls_attach(conn, conn->initial_tls);
                 if (rc < 0)
                     return ss__conn_fail(conn, rc);
-                conn->recv_budget = 0; /* the server answers our ClientHello: nothing to read yet */
                 conn->state = SS_STATE_HANDSHAKING;
             } else {
                 conn->state = SS_STATE_ESTABLISHED;
@@ -341,6 +340,9 @@ static int step(ss_conn_t *conn)
             continue;
 
         case SS_STATE_HANDSHAKING:
+            /* A client's first step sends the ClientHello: the answer cannot be there yet. */
+            if (!conn->tls->server && SSL_in_before(conn->ssl))
+                conn->recv_budget = 0;
             rc = ss__tls_handshake(conn);
             if (rc < 0)
                 return ss__conn_fail(conn, rc);
@@ -650,7 +652,6 @@ int ss_conn_start_tls(ss_conn_t *conn, ss_tls_ctx_t *tls, const char *peer_name,
         return rc;
     if (session_from && session_from->ssl)
         ss__tls_resume(conn, session_from);
-    conn->recv_budget = tls->server; /* a client speaks first; a server's ClientHello may be here */
     conn->state = SS_STATE_HANDSHAKING;
     return SS_OK;
 }

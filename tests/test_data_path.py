@@ -53,6 +53,31 @@ def blob(size: int, seed: int = 0) -> bytes:
     return bytes(out[:size])
 
 
+class LateReader:
+    """A TLS server (Python's ssl) that reads nothing until ``start`` is set,
+    then everything until the end, into ``received``: a peer whose socket
+    fills while the client writes."""
+
+    def __init__(self, pki) -> None:
+        self.context = pki.server_context()
+        self.start = threading.Event()
+        self.received = bytearray()
+
+    def __call__(self, sock: socket.socket) -> None:
+        with self.context.wrap_socket(sock, server_side=True) as tls:
+            tls.settimeout(20)
+            self.start.wait(20)
+            while data := tls.recv(65536):
+                self.received.extend(data)
+
+    def read_all(self, peer: RawServer) -> bytes:
+        """Lets the reader go and waits until it has read to the end."""
+        self.start.set()
+        peer.wait_for_connections(1, timeout=20)
+        peer.connections[0].finished.wait(20)
+        return bytes(self.received)
+
+
 # --- TCP_NODELAY ------------------------------------------------------------------------------
 
 
@@ -191,28 +216,16 @@ def test_openssl_s_client_through_our_server(backend, pki):
 def test_a_client_that_writes_and_closes_delivers_every_byte(backend, pki):
     """The TLS 1.3 session tickets a writing client never reads are unread
     bytes at close: closing must not turn into a reset that loses our tail."""
-    context = pki.server_context()
-    start_reading = threading.Event()
-    received = bytearray()
-
-    def late_reader(sock: socket.socket) -> None:
-        with context.wrap_socket(sock, server_side=True) as tls:
-            tls.settimeout(20)
-            start_reading.wait(20)  # our close comes first, with data still in flight
-            while data := tls.recv(65536):
-                received.extend(data)
-
+    reader = LateReader(pki)
     payload = blob(2 << 20, seed=10)
-    with RawServer(late_reader) as peer:
+    with RawServer(reader) as peer:
         s = backend.client(f"tls://127.0.0.1:{peer.port}", timeout=10, context=client_ctx(pki))
         assert ss.select([s], [], [], 10)[0]  # the server's tickets have arrived, unread
         s.set_blocking(False)
         sent = s.write(payload)  # what fits: the peer is not reading yet
-        s.close()
-        start_reading.set()
-        peer.wait_for_connections(1, timeout=20)
-        peer.connections[0].finished.wait(20)
-    assert 0 < sent and bytes(received) == payload[:sent]
+        s.close()  # our close comes first, with data still in flight
+        received = reader.read_all(peer)
+    assert 0 < sent and received == payload[:sent]
 
 
 # --- partial writes under a slow reader ----------------------------------------------------------
@@ -221,19 +234,9 @@ def test_a_client_that_writes_and_closes_delivers_every_byte(backend, pki):
 def test_partial_writes_to_a_reader_that_waits(backend, pki):
     """Non-blocking writes stop when the socket is full and say how much went;
     once the peer reads, the rest follows, every byte once and in order."""
-    context = pki.server_context()
-    start_reading = threading.Event()
-    received = bytearray()
-
-    def slow_reader(sock: socket.socket) -> None:
-        with context.wrap_socket(sock, server_side=True) as tls:
-            tls.settimeout(20)
-            start_reading.wait(20)
-            while data := tls.recv(65536):
-                received.extend(data)
-
+    reader = LateReader(pki)
     payload = blob(16 << 20, seed=5)
-    with RawServer(slow_reader) as peer:
+    with RawServer(reader) as peer:
         with backend.client(f"tls://127.0.0.1:{peer.port}", timeout=10, context=client_ctx(pki)) as s:
             s.set_blocking(False)
             sent = 0
@@ -244,29 +247,18 @@ def test_partial_writes_to_a_reader_that_waits(backend, pki):
                     break
                 sent += n
             assert 0 < sent < len(payload), "16 MiB should not fit in the socket buffers"
-            start_reading.set()
+            reader.start.set()
             s.set_blocking(True)
             s.set_timeout(20)
             assert s.write(payload[sent:]) == len(payload) - sent
-        peer.wait_for_connections(1, timeout=20)
-        peer.connections[0].finished.wait(20)
-    assert bytes(received) == payload
+        received = reader.read_all(peer)
+    assert received == payload
 
 
 def test_a_blocking_write_that_times_out_says_how_much_went(backend, pki):
-    context = pki.server_context()
-    release = threading.Event()
-    received = bytearray()
-
-    def stalled_reader(sock: socket.socket) -> None:
-        with context.wrap_socket(sock, server_side=True) as tls:
-            tls.settimeout(20)
-            release.wait(20)
-            while data := tls.recv(65536):
-                received.extend(data)
-
+    reader = LateReader(pki)
     payload = blob(32 << 20, seed=6)
-    with RawServer(stalled_reader) as peer:
+    with RawServer(reader) as peer:
         with backend.client(f"tls://127.0.0.1:{peer.port}", timeout=10, context=client_ctx(pki)) as s:
             s.set_timeout(0.3)
             with pytest.raises(ss.TimeoutError) as info:
@@ -274,26 +266,15 @@ def test_a_blocking_write_that_times_out_says_how_much_went(backend, pki):
             written = info.value.written
             assert 0 < written < len(payload)
             assert s.meta["timed_out"]
-            release.set()
+            reader.start.set()
             s.set_timeout(20)
             assert s.write(payload[written:]) == len(payload) - written  # the rest, after what went
-        peer.wait_for_connections(1, timeout=20)
-        peer.connections[0].finished.wait(20)
-    assert bytes(received) == payload
+        received = reader.read_all(peer)
+    assert received == payload
 
 
 def test_aio_write_waits_for_a_slow_reader(backend, pki):
-    release = threading.Event()
-    received = bytearray()
-    context = pki.server_context()
-
-    def stalled_reader(sock: socket.socket) -> None:
-        with context.wrap_socket(sock, server_side=True) as tls:
-            tls.settimeout(20)
-            release.wait(20)
-            while data := tls.recv(65536):
-                received.extend(data)
-
+    reader = LateReader(pki)
     payload = blob(16 << 20, seed=7)
 
     async def main(port: int):
@@ -302,14 +283,13 @@ def test_aio_write_waits_for_a_slow_reader(backend, pki):
             write = asyncio.create_task(s.write(payload))
             await asyncio.sleep(0)  # one turn of the loop: the write runs until the socket is full
             assert not write.done()  # and then waits, with the loop free
-            release.set()
+            reader.start.set()
             assert await write == len(payload)
 
-    with RawServer(stalled_reader) as peer:
+    with RawServer(reader) as peer:
         run(main(peer.port))
-        peer.wait_for_connections(1, timeout=20)
-        peer.connections[0].finished.wait(20)
-    assert bytes(received) == payload
+        received = reader.read_all(peer)
+    assert received == payload
 
 
 # --- nothing lost or reordered, whatever the sizes ----
@@ -401,17 +381,7 @@ def test_create_server_serves_asyncios_own_tls_client(backend, pki):
 
 def test_create_connection_runs_a_protocol_with_flow_control(backend, pki):
     """A protocol that writes more than the peer reads is paused, then resumed."""
-    release = threading.Event()
-    received = bytearray()
-    context = pki.server_context()
-
-    def stalled_reader(sock: socket.socket) -> None:
-        with context.wrap_socket(sock, server_side=True) as tls:
-            tls.settimeout(20)
-            release.wait(20)
-            while data := tls.recv(65536):
-                received.extend(data)
-
+    reader = LateReader(pki)
     payload = blob(8 << 20, seed=9)
 
     async def main(port: int):
@@ -435,17 +405,16 @@ def test_create_connection_runs_a_protocol_with_flow_control(backend, pki):
         transport.write(payload)
         await paused
         assert transport.get_write_buffer_size() > 0
-        release.set()
+        reader.start.set()
         await resumed
         transport.close()  # closes once what is buffered has gone out
         assert await lost is None
         assert transport.get_write_buffer_size() == 0
 
-    with RawServer(stalled_reader) as peer:
+    with RawServer(reader) as peer:
         run(main(peer.port))
-        peer.wait_for_connections(1, timeout=20)
-        peer.connections[0].finished.wait(20)
-    assert bytes(received) == payload
+        received = reader.read_all(peer)
+    assert received == payload
 
 
 def test_a_protocol_that_fails_loses_its_connection_and_the_server_goes_on(backend, pki):

@@ -1,6 +1,5 @@
 """An iterator pulled on a thread of its own into a bounded buffer: probe()'s
-input, and the pure backend's whole probe when it is called from inside a
-running event loop.
+input.
 
 The targets may come from anything: a list, a file of millions of lines, or a
 pipe that delivers a line now and then (``tail -f targets | streamsock probe

@@ -249,3 +249,65 @@ class StreamState:
 
     def describe(self) -> str:
         return "closed" if self.conn is None else self.conn.state
+
+
+class StateViews:
+    """What a stream reports, read from its ``_st`` (a StreamState): the same
+    properties for the blocking Stream and for AsyncStream."""
+
+    __slots__ = ()
+    _st: StreamState
+
+    @property
+    def address(self) -> Address:
+        return self._st.address
+
+    @property
+    def context(self) -> Context:
+        return self._st.context
+
+    @property
+    def eof(self) -> bool:
+        """True once the peer has closed and the buffer is drained (PHP's feof)."""
+        return self._st.eof and not self._st.buffered()
+
+    @property
+    def closed(self) -> bool:
+        return self._st.conn is None
+
+    def fileno(self) -> int:
+        return self._st.live().fileno()
+
+    def buffered(self) -> int:
+        """Bytes readable without touching the socket (our buffer plus TLS's)."""
+        return self._st.pending()
+
+    @property
+    def local_name(self) -> str:
+        """Local address, PHP's stream_socket_get_name(s, false): "127.0.0.1:5000", "[::1]:5000"."""
+        return self._st.name(False)
+
+    @property
+    def peer_name(self) -> str:
+        """Remote address, PHP's stream_socket_get_name(s, true)."""
+        return self._st.name(True)
+
+    @property
+    def crypto(self) -> dict[str, Any] | None:
+        """The negotiated TLS parameters, or None on a plaintext stream."""
+        return self._st.crypto()
+
+    @property
+    def tls_info(self) -> dict[str, Any] | None:
+        """Everything known of the TLS session (key-exchange group, SNI, reuse) or None."""
+        return self._st.tls_info()
+
+    @property
+    def peer_certificate(self) -> Any:
+        """The peer's Certificate when the context had capture_peer_cert."""
+        return self._st.peer_certificate
+
+    @property
+    def peer_certificate_chain(self) -> Any:
+        """The peer's certificates, leaf first, when capture_peer_cert_chain was set."""
+        return self._st.peer_certificate_chain

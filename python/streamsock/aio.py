@@ -40,7 +40,7 @@ from . import errors as _e
 from . import stream as _stream
 from ._aio_transport import StreamTransport
 from ._resolve import resolve
-from ._state import CHUNK, StreamState
+from ._state import CHUNK, StateViews, StreamState
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
@@ -54,7 +54,7 @@ _COROUTINE = types.CoroutineType
 _Future = asyncio.Future
 
 
-class AsyncStream:
+class AsyncStream(StateViews):
     """A connected stream for asyncio (see :class:`~streamsock.Stream` for the
     semantics). One task may read while another writes; a second concurrent
     reader (or writer) gets SS_ERR_BUSY, as does any I/O during a handshake."""
@@ -370,54 +370,8 @@ class AsyncStream:
     # -- state ------------------------------------------------------------------
 
     @property
-    def address(self) -> Address:
-        return self._st.address
-
-    @property
-    def context(self) -> Context:
-        return self._st.context
-
-    @property
-    def closed(self) -> bool:
-        return self._st.conn is None
-
-    @property
-    def eof(self) -> bool:
-        return self._st.eof and not self._st.buffered()
-
-    def fileno(self) -> int:
-        return self._st.live().fileno()
-
-    def buffered(self) -> int:
-        return self._st.pending()
-
-    @property
-    def local_name(self) -> str:
-        return self._st.name(False)
-
-    @property
-    def peer_name(self) -> str:
-        return self._st.name(True)
-
-    @property
-    def crypto(self) -> dict[str, Any] | None:
-        return self._st.crypto()
-
-    @property
-    def tls_info(self) -> dict[str, Any] | None:
-        return self._st.tls_info()
-
-    @property
     def meta(self) -> dict[str, Any]:
         return self._st.meta(False)  # nothing here ever blocks
-
-    @property
-    def peer_certificate(self):
-        return self._st.peer_certificate
-
-    @property
-    def peer_certificate_chain(self):
-        return self._st.peer_certificate_chain
 
     # -- closing ----------------------------------------------------------------
 

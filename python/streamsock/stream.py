@@ -12,11 +12,11 @@ from __future__ import annotations
 import collections
 import select as _select
 import threading
-import time
 from typing import Any, Iterable, Iterator
 
 from . import errors as _e
-from ._state import CHUNK, StreamState
+from ._deadline import deadline_after, time_left
+from ._state import CHUNK, StateViews, StreamState
 from .address import Address, Transport
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 
@@ -43,7 +43,7 @@ def timeout_value(timeout: float | None) -> float | None:
     return None if timeout < 0 else float(timeout)
 
 
-class Stream:
+class Stream(StateViews):
     """A connected socket stream (PHP's stream resource from stream_socket_client/accept).
 
     Reads are buffered; ``read`` returns up to ``size`` bytes, ``b""`` at end of
@@ -215,14 +215,6 @@ class Stream:
         self._timeout = None if seconds is None or seconds < 0 else float(seconds)
 
     @property
-    def address(self) -> Address:
-        return self._st.address
-
-    @property
-    def context(self) -> Context:
-        return self._st.context
-
-    @property
     def blocking(self) -> bool:
         return self._blocking
 
@@ -231,55 +223,9 @@ class Stream:
         return self._timeout
 
     @property
-    def eof(self) -> bool:
-        """True once the peer has closed and the buffer is drained (PHP's feof)."""
-        return self._st.eof and not self._st.buffered()
-
-    @property
-    def closed(self) -> bool:
-        return self._st.conn is None
-
-    def fileno(self) -> int:
-        return self._st.live().fileno()
-
-    def buffered(self) -> int:
-        """Bytes readable without touching the socket (our buffer plus TLS's)."""
-        return self._st.pending()
-
-    @property
-    def local_name(self) -> str:
-        """Local address, PHP's stream_socket_get_name(s, false): "127.0.0.1:5000", "[::1]:5000"."""
-        return self._st.name(False)
-
-    @property
-    def peer_name(self) -> str:
-        """Remote address, PHP's stream_socket_get_name(s, true)."""
-        return self._st.name(True)
-
-    @property
-    def crypto(self) -> dict[str, Any] | None:
-        """The negotiated TLS parameters, or None on a plaintext stream."""
-        return self._st.crypto()
-
-    @property
-    def tls_info(self) -> dict[str, Any] | None:
-        """Everything known of the TLS session (key-exchange group, SNI, reuse) or None."""
-        return self._st.tls_info()
-
-    @property
     def meta(self) -> dict[str, Any]:
         """PHP's stream_get_meta_data."""
         return self._st.meta(self._blocking)
-
-    @property
-    def peer_certificate(self):
-        """The peer's Certificate when the context had capture_peer_cert."""
-        return self._st.peer_certificate
-
-    @property
-    def peer_certificate_chain(self):
-        """The peer's certificates, leaf first, when capture_peer_cert_chain was set."""
-        return self._st.peer_certificate_chain
 
     # -- TLS ---------------------------------------------------------------------------
 
@@ -397,7 +343,7 @@ class Server:
         if self.address.transport.datagram:
             raise _e.error(_e.STATE, f"{self.address.transport.value} servers use recvfrom, not accept")
         seconds = timeout_value(timeout)
-        deadline = None if seconds is None else time.monotonic() + seconds
+        deadline = deadline_after(seconds)
         began = False
         with self._cond:
             while True:
@@ -405,8 +351,8 @@ class Server:
                 if self._ready:
                     conn = self._ready.popleft()
                     break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = time_left(deadline)
+                if remaining == 0:
                     raise _e.error(_e.TIMEOUT, f"accept on {self.address} timed out", 110)
                 if self._driving:  # another thread drives the acceptor: take what it hands over
                     self._cond.wait(remaining)
@@ -458,12 +404,12 @@ class Server:
         """One datagram and its sender ("127.0.0.1:5353", "[::1]:53", or a udg path)."""
         conn = self._live()
         seconds = timeout_value(timeout)
-        deadline = None if seconds is None else time.monotonic() + seconds
+        deadline = deadline_after(seconds)
         while True:
             result = conn.recvfrom(size)
             if type(result) is tuple:
                 return result
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = time_left(deadline)
             if not conn.wait(result, remaining):
                 raise _e.error(_e.TIMEOUT, f"recvfrom on {self.address} timed out", 110)
 

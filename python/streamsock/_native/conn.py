@@ -10,9 +10,9 @@ data path, also one C call each.
 from __future__ import annotations
 
 import threading
-import time
 
 from .. import errors as _e
+from .._deadline import deadline_after, time_left
 from ..address import TRANSPORT_BY_CODE, Address
 from ._cdata import Strings, raise_record, text, timeout_ms
 from ._core import ffi, lib
@@ -86,10 +86,6 @@ def _read_buffer(size: int):
     return buf
 
 
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
 class NativeConnection:
     """One C connection handle (``ss_conn_t``)."""
 
@@ -126,16 +122,16 @@ class NativeConnection:
     # the call goes on with the time that is left.
 
     def run(self, timeout: float | None, context: str | tuple | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         while (rc := lib.ss_conn_run(self._h, timeout_ms(timeout))) == _INTERRUPTED:
-            timeout = _left(deadline)
+            timeout = time_left(deadline)
         if rc < 0:
             self._raise(context)
 
     def wait(self, want: int, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         while (rc := lib.ss_conn_wait(self._h, want, timeout_ms(timeout))) == _INTERRUPTED:
-            timeout = _left(deadline)
+            timeout = time_left(deadline)
         if rc < 0:
             self._raise()
         return rc == 1
@@ -163,9 +159,9 @@ class NativeConnection:
         buf = _read_buffer(size)
         n = lib.ss_conn_read_wait(self._h, buf, size, timeout_ms(timeout))
         if n == _INTERRUPTED:
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = deadline_after(timeout)
             while n == _INTERRUPTED:
-                n = lib.ss_conn_read_wait(self._h, buf, size, timeout_ms(_left(deadline)))
+                n = lib.ss_conn_read_wait(self._h, buf, size, timeout_ms(time_left(deadline)))
         if n > 0:
             return _unpack(buf, n)
         if n == 0:
@@ -194,12 +190,12 @@ class NativeConnection:
                                    timeout_ms(timeout), status)
         if status[0] == 0:
             return n
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         total = n
         view = memoryview(data)
         while status[0] == _INTERRUPTED:
             rest = view[total:]
-            total += lib.ss_conn_write_wait(self._h, ffi.from_buffer(rest), len(rest), timeout_ms(_left(deadline)),
+            total += lib.ss_conn_write_wait(self._h, ffi.from_buffer(rest), len(rest), timeout_ms(time_left(deadline)),
                                             status)
         if status[0] < 0 and status[0] != _TIMEOUT:
             self._raise()

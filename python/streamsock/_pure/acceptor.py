@@ -16,6 +16,7 @@ import socket
 import time
 
 from .. import errors as _e
+from .._deadline import deadline_after, time_left
 from .conn import DONE, WANT_READ, PureConnection
 
 _BATCH = 64
@@ -132,7 +133,7 @@ class Acceptor:
     # -- the surface ---------------------------------------------------------------------------
 
     def run(self, timeout: float | None) -> list[PureConnection]:
-        until = None if timeout is None else time.monotonic() + timeout
+        until = deadline_after(timeout)
         failures = self._epoch_failures
         while True:
             now = time.monotonic()

@@ -25,9 +25,9 @@ import socket
 import ssl
 import sys
 import termios
-import time
 
 from .. import errors as _e
+from .._deadline import deadline_after, time_left
 from ..address import Address, Transport, ip_literal
 from .tls import (
     _X509_V_ERR_HOSTNAME_MISMATCH,
@@ -406,12 +406,12 @@ class PureConnection:
         return self._ssl is not None
 
     def run(self, timeout: float | None, context: str | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         while True:
             rc = self.step(context)
             if rc == DONE:
                 return
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = time_left(deadline)
             if not self.wait(rc, remaining):
                 what = {"handshaking": "TLS handshake timed out", "tls_shutdown": "TLS shutdown timed out"}.get(
                     self.state, "Connection timed out")
@@ -524,12 +524,12 @@ class PureConnection:
     def read_wait(self, size: int, timeout: float | None) -> bytes | None:
         """Blocks up to ``timeout`` seconds (None: no limit) for data: bytes
         (b"" at end of stream), or None when the time ran out."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         while True:
             data = self.read(size)
             if type(data) is bytes:
                 return data
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = time_left(deadline)
             if not self.wait(data, remaining):
                 return None
 
@@ -537,14 +537,14 @@ class PureConnection:
         """Writes all of ``data``, blocking up to ``timeout`` seconds; returns
         how much went out (less than all only when the time ran out)."""
         view = memoryview(data).cast("B")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         total = 0
         while total < len(view):
             n = self.write(view[total:])
             if n > 0:
                 total += n
                 continue
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = time_left(deadline)
             if not self.wait(-n, remaining):
                 break
         return total
