@@ -168,8 +168,10 @@ uint64_t ss_acceptor_stats(const ss_acceptor_t *a, uint64_t *accept_errors, ss_e
                            ss_error_info_t *last_accept_error)
 {
     *accept_errors = a->accept_errors;
-    *last_handshake_error = a->last_handshake_error;
-    *last_accept_error = a->last_accept_error;
+    if (last_handshake_error)
+        *last_handshake_error = a->last_handshake_error;
+    if (last_accept_error)
+        *last_accept_error = a->last_accept_error;
     return a->handshake_failures;
 }
 

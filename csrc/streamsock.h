@@ -378,7 +378,8 @@ int32_t ss_acceptor_run(ss_acceptor_t *acceptor, int32_t timeout_ms, ss_conn_t *
  * -1 when nothing is due. */
 int32_t ss_acceptor_next_timer(const ss_acceptor_t *acceptor);
 
-/* Failed handshakes so far (returned), accept() failures, and the last error of each. */
+/* Failed handshakes so far (returned), accept() failures, and the last error
+ * of each (either pointer may be NULL: the counts alone are cheap). */
 uint64_t ss_acceptor_stats(const ss_acceptor_t *acceptor, uint64_t *accept_errors,
                            ss_error_info_t *last_handshake_error, ss_error_info_t *last_accept_error);
 

@@ -459,3 +459,69 @@ def test_unix_socket_and_a_server_bound_by_name(backend, tmp_path):
     run(main())
     if os.path.exists(path):
         os.unlink(path)
+
+
+SERVER_OUT_OF_DESCRIPTORS = r"""
+import asyncio, resource, sys, time
+import streamsock as ss
+from streamsock import aio
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+async def main():
+    reports = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: reports.append(context["message"]))
+    held = []
+    arrived = asyncio.Event()
+
+    async def hold(stream):
+        held.append(stream)
+        arrived.set()
+        await asyncio.Event().wait()
+
+    srv = await aio.server("tcp://127.0.0.1:0", hold, backend=ss.get_backend(sys.argv[1]))
+    print(srv.local_name.rsplit(":", 1)[1], flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # the parent's clients are all connected
+    cpu = time.process_time()
+    await asyncio.sleep(2.0)  # the window in which a spinning server would burn its CPU
+    print(f"{time.process_time() - cpu:.3f} {len(reports)} {len(held)}", flush=True)
+    for stream in held:  # descriptors come free: the waiting clients are served
+        stream.close()
+    held.clear()
+    arrived.clear()
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    print(len(held), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_server_out_of_descriptors_rests_instead_of_spinning(backend):
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", SERVER_OUT_OF_DESCRIPTORS, backend.name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    clients: list[socket.socket] = []
+    try:
+        port = int(child.stdout.readline())
+        for _ in range(200):  # more than the server's descriptors and its backlog: connects left in flight
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            clients.append(sock)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        cpu, reports, held = child.stdout.readline().split()
+        assert float(cpu) < 0.5, f"the server burned {cpu} s of CPU in 2 s"
+        assert 1 <= int(reports) <= 4  # heard of, once a second at most
+        assert 0 < int(held) < 64
+        assert 0 < int(child.stdout.readline())  # the clients that waited in the backlog got served
+    finally:
+        for sock in clients:
+            sock.close()
+        child.kill()
+        child.communicate(timeout=10)

@@ -506,7 +506,8 @@ class AsyncServer:
         self._transports: set[StreamTransport] = set()
         self._idle: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._accept_errors_seen = 0
+        self._counts = (0, 0)  # the acceptor's (failed handshakes, accept errors) last seen
+        self._failed_checks = 0  # handshakes done whose checks (peer_fingerprint) failed here
         self._accept_error_reported_at = -1.0
         self.handshake_failures = 0
         self.last_handshake_error: BaseException | None = None
@@ -534,11 +535,17 @@ class AsyncServer:
             try:
                 st.after_handshake()  # capture_peer_cert, peer_fingerprint of a client certificate
             except _e.StreamSocketError as exc:
+                self._failed_checks += 1
                 self.handshake_failures += 1
                 self.last_handshake_error = exc
                 continue
             self._established(st)
-        self._note_stats(acceptor)
+        counts = acceptor.counts()
+        if counts != self._counts:  # a failure or an accept error: say so, and see when to run again
+            self._note_stats(acceptor, counts[1] > self._counts[1])
+            self._counts = counts
+        elif self._timer is not None:
+            return  # handshake deadlines only move later: the timer armed still comes first
         due = acceptor.next_timer()
         if due is not None:  # a handshake deadline or the end of a pause: a run then, events or not
             at = self._loop.time() + due
@@ -547,15 +554,14 @@ class AsyncServer:
                     self._timer.cancel()
                 self._timer = self._loop.call_at(at, self._on_timer)
 
-    def _note_stats(self, acceptor) -> None:
-        failures, accept_errors, last_handshake, last_accept = acceptor.stats()
-        if failures > self.handshake_failures and last_handshake is not None:
+    def _note_stats(self, acceptor, accept_failed: bool) -> None:
+        failures, _, last_handshake, last_accept = acceptor.stats()
+        if last_handshake is not None:
             code, sys_errno, message = last_handshake
             self.last_handshake_error = _e.from_native(code, sys_errno, message,
                                                        context="TLS handshake with the client failed")
-        self.handshake_failures = max(self.handshake_failures, failures)
-        if accept_errors > self._accept_errors_seen and last_accept is not None:
-            self._accept_errors_seen = accept_errors
+        self.handshake_failures = failures + self._failed_checks
+        if accept_failed and last_accept is not None:
             now = self._loop.time()
             if now - self._accept_error_reported_at >= 1.0:  # once a second at most
                 self._accept_error_reported_at = now

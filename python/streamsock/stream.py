@@ -331,7 +331,7 @@ class Server:
     def handshake_failures(self) -> int:
         """Clients whose handshake failed or timed out so far."""
         acceptor = self._acceptor
-        return acceptor.stats()[0] if acceptor is not None else 0
+        return acceptor.counts()[0] if acceptor is not None else 0
 
     def accept(self, timeout: float | None = None) -> tuple[Stream, str]:
         """Waits up to ``timeout`` (default 60 s; negative: forever) for a

@@ -185,6 +185,9 @@ class Acceptor:
             due.append(self._resume_at)
         return max(0.0, min(due) - time.monotonic()) if due else None
 
+    def counts(self) -> tuple[int, int]:
+        return self._failures, self._accept_errors
+
     def stats(self) -> tuple[int, int, tuple[int, int, str] | None, tuple[int, int, str] | None]:
         return self._failures, self._accept_errors, self._last_handshake, self._last_accept
 
