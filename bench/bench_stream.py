@@ -20,7 +20,9 @@ ECDSA P-256 certificate (trustme), TCP_NODELAY on both sides.
           the echo): MB/s and server CPU ms per MB
   accept  10 clients connecting, handshaking (full, never resumed) and
           closing: handshakes/s and server CPU µs per handshake, with nginx
-          (1 worker) as the C anchor
+          (1 worker) as the C anchor, and streamsock's acceptor driven from C
+          (bench/c/acceptor_server.c, built with csrc/) to tell the C core's
+          cost from the interpreter's
 
 Targets (streamsock.aio on asyncio's default loop unless said otherwise):
 server CPU per 256 B request <= 0.6x asyncio + ssl and below uvloop + ssl; at
@@ -55,6 +57,7 @@ SERVER_CPU = (os.cpu_count() or 2) - 1
 CLIENT_CPU = 0
 
 C_ANCHOR = "C epoll + OpenSSL"
+ACCEPTOR_FROM_C = "streamsock acceptor from C"
 NGINX = "nginx (1 worker)"
 ASYNCIO = "asyncio + ssl"
 UVLOOP = "uvloop + ssl"
@@ -85,7 +88,8 @@ TESTS = {
     "bulk": {"mode": "bulk", "bytes": 512 << 20,
              "servers": [C_ANCHOR, SS_BLOCKING, SS_AIO, SS_PROTOCOL, STDLIB, ASYNCIO]},
     "accept": {"mode": "accept", "connections": 10,
-               "servers": [NGINX, C_ANCHOR, SS_AIO, SS_AIO_UV, SS_PROTOCOL, SS_BLOCKING, ASYNCIO, UVLOOP]},
+               "servers": [NGINX, C_ANCHOR, ACCEPTOR_FROM_C, SS_AIO, SS_AIO_UV, SS_PROTOCOL, SS_BLOCKING, ASYNCIO,
+                           UVLOOP]},
 }
 
 
@@ -93,12 +97,18 @@ def _pin(cpu: int):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def _build(directory: str, name: str) -> tuple[str | None, str]:
+CORE_DIR = HERE.parent / "csrc"
+
+
+def _build(directory: str, name: str, with_core: bool = False) -> tuple[str | None, str]:
+    """Compiles bench/c/NAME.c (with the C core's sources: as the extension is, -O3)."""
     if not shutil.which("gcc"):
         return None, "gcc not found"
     binary = os.path.join(directory, name)
+    core = ["-O3", "-DNDEBUG", f"-I{CORE_DIR}", *map(str, sorted(CORE_DIR.glob("*.c"))), "-lpthread"] \
+        if with_core else []
     command = ["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-o", binary,
-               str(HERE / "c" / f"{name}.c"), "-lssl", "-lcrypto"]
+               str(HERE / "c" / f"{name}.c"), *core, "-lssl", "-lcrypto"]
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         return None, f"gcc failed: {out.stderr.strip()[:300]}"
@@ -287,6 +297,7 @@ def main() -> None:
         if not load:
             sys.exit(f"cannot build the load generator: {why}")
         echo_c, why_c = _build(directory, "tls_echo_server")
+        acceptor_c, why_acceptor = _build(directory, "acceptor_server", with_core=True)
         names = {name for t in wanted_tests for name in TESTS[t]["servers"]}
         if only:
             names &= only
@@ -298,6 +309,11 @@ def main() -> None:
                         servers[name] = Server(name, [echo_c, "--cert", certfile, "--key", keyfile])
                     else:
                         print(f"skipping {name}: {why_c}", file=sys.stderr)
+                elif name == ACCEPTOR_FROM_C:
+                    if acceptor_c:
+                        servers[name] = Server(name, [acceptor_c, certfile, keyfile])
+                    else:
+                        print(f"skipping {name}: {why_acceptor}", file=sys.stderr)
                 elif name == NGINX:
                     nginx = start_nginx(directory, certfile, keyfile)
                     if nginx:

@@ -210,6 +210,23 @@ def test_resume_reuses_sessions_for_repeat_targets(backend, pki, version):
     assert not any(r.session_reused for r in fresh)
 
 
+def test_a_server_that_never_stops_sending_holds_no_deadline_up(backend, pki):
+    """With resume, a probe waits a little for the TLS 1.3 ticket; a server that
+    floods data meanwhile must not keep it (or any other probe) from its deadline."""
+    from peers import flood_script
+
+    with RawServer(flood_script(pki.server_context())) as flood, PyTLSServer(pki.server_certfile,
+                                                                             pki.server_keyfile) as good:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        targets = [f"tls://127.0.0.1:{flood.port}", f"tls://127.0.0.1:{good.port}"]
+        start = time.monotonic()
+        results = list(backend.probe(targets, context=ctx, resume=True, timeout=1.5, banner=0))
+        elapsed = time.monotonic() - start
+    assert sorted(r.index for r in results) == [0, 1]
+    assert all(r.ok for r in results)
+    assert elapsed < 3.0, f"took {elapsed:.1f} s"
+
+
 def test_host_names_are_looked_up(backend, tls_server, pki):
     ctx = ss.Context(ssl={"cafile": pki.cafile})
     targets = [f"tls://localhost:{tls_server.port}", "tcp://no-such-host.invalid:80"]

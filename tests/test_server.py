@@ -326,3 +326,28 @@ def test_accepting_threads_share_one_server(backend, pki):
         for t in threads:
             t.join(10)
         assert len(set(served)) == 4
+
+
+def test_select_sees_clients_the_acceptor_already_holds(backend, pki):
+    """Two clients at once: the first accept() takes both in (one hands over,
+    one waits), and select() must still call the server readable."""
+    with backend.server("tls://127.0.0.1:0", context=tls_server_context(pki)) as srv:
+        port = port_of(srv)
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        results: list = []
+
+        def client():
+            with backend.client(f"tls://127.0.0.1:{port}", timeout=10, context=ctx) as s:
+                results.append(s.read(2))
+
+        threads = [threading.Thread(target=client) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for _ in range(2):
+            assert ss.select([srv], [], [], 5)[0] == [srv]
+            conn, _ = srv.accept(timeout=5)
+            with conn:
+                conn.write(b"ok")
+        for t in threads:
+            t.join(10)
+        assert results == [b"ok", b"ok"]

@@ -49,17 +49,21 @@ class StreamTransport(asyncio.Transport):
         self._wbuf = bytearray()
         self._writer = False  # watching for writability
         self._reading = True
+        self._watching = False  # the fd is registered for reading
         self._closing = False
         self._lost = False
         self._write_paused = False  # protocol.pause_writing() was called
         self._high, self._low = _HIGH_WATER, _LOW_WATER
 
     def start(self) -> None:
-        """connection_made, then reading (what the handshake left buffered first)."""
+        """connection_made, then reading: what the handshake left buffered
+        first, and the socket watched only if the connection goes on."""
         self._protocol.connection_made(self)
         if self._reading and not self._closing:
-            self._loop.add_reader(self._fd, self._read_ready)
             self._read_ready()
+            if self._reading and not self._closing and not self._watching:
+                self._loop.add_reader(self._fd, self._read_ready)
+                self._watching = True
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -111,8 +115,9 @@ class StreamTransport(asyncio.Transport):
             self.close()
 
     def _stop_reading(self) -> None:
-        if self._reading:
-            self._reading = False
+        self._reading = False
+        if self._watching:
+            self._watching = False
             self._loop.remove_reader(self._fd)
 
     def pause_reading(self) -> None:
@@ -123,7 +128,9 @@ class StreamTransport(asyncio.Transport):
         if self._closing or self._reading:
             return
         self._reading = True
-        self._loop.add_reader(self._fd, self._read_ready)
+        if not self._watching:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._watching = True
         self._loop.call_soon(self._read_ready)  # what is buffered already raises no event
 
     def is_reading(self) -> bool:

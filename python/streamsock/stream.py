@@ -10,6 +10,7 @@ drives the same state, so both APIs behave the same by construction.
 from __future__ import annotations
 
 import collections
+import math
 import select as _select
 import threading
 from typing import Any, Iterable, Iterator
@@ -432,6 +433,16 @@ class Server:
     def fileno(self) -> int:
         return self._live().fileno()
 
+    def _has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def _readiness_fd(self) -> int:
+        """What select() watches: the acceptor's fd once there is one (readable
+        for a waiting client and for a handshake to step), else the listener's."""
+        listener = self._live()
+        acceptor = self._acceptor
+        return acceptor.fileno() if acceptor is not None else listener.fileno()
+
     def close(self) -> None:
         """Stops listening; clients mid-handshake and not yet accepted are
         closed. From another thread, a waiting accept ends with ClosedError."""
@@ -519,18 +530,22 @@ def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LI
 
 def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | None = None):
     """PHP's stream_select over Streams and Servers: the ready ones of each
-    list. Data already buffered (ours or TLS's) counts as readable."""
+    list. Data already buffered (ours or TLS's) counts as readable, as does a
+    Server with a connection established and not yet accepted, or one whose
+    acceptor can make progress (a client waiting, a handshake to step)."""
     read, write, except_ = list(read), list(write), list(except_)
-    ready_read = [s for s in read if isinstance(s, Stream) and s.buffered()]
+    ready_read = [s for s in read if (s.buffered() if isinstance(s, Stream) else
+                                      isinstance(s, Server) and s._has_ready())]
     poller = _select.poll()
     by_fd: dict[int, list] = {}
     for items, event in ((read, _select.POLLIN), (write, _select.POLLOUT), (except_, _select.POLLPRI)):
         for item in items:
-            fd = item.fileno()
+            fd = item._readiness_fd() if isinstance(item, Server) and event == _select.POLLIN else item.fileno()
             by_fd.setdefault(fd, [])
             poller.register(fd, event | sum(e for e, _ in by_fd[fd]))
             by_fd[fd].append((event, item))
-    wait_ms = 0 if ready_read else (-1 if timeout is None or timeout < 0 else int(timeout * 1000))
+    wait_ms = 0 if ready_read else (-1 if timeout is None or timeout < 0 or math.isinf(timeout)
+                                    else int(timeout * 1000))
     events = dict(poller.poll(wait_ms))
     result: tuple[list, list, list] = ([], [], [])
     for fd, entries in by_fd.items():

@@ -359,7 +359,9 @@ class Engine:
                         want = conn.read(4096)  # takes in the ticket; data is not wanted any more
                         if want == b"":
                             break
-                        if type(want) is not bytes and not self._remember(conn, tls, a):
+                        if type(want) is bytes:
+                            await asyncio.sleep(0)  # a peer that never stops sending must not hold the loop
+                        elif not self._remember(conn, tls, a):
                             await _ready(self.loop, conn, want)
         except (_e.StreamSocketError, TimeoutError):
             pass  # the banner is what came
