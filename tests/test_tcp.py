@@ -259,3 +259,48 @@ def test_bindto_sets_the_local_address(backend):
         ctx = ss.Context(socket={"bindto": "127.0.0.2:0", "tcp_nodelay": True})
         with backend.client(peer.address, timeout=5, context=ctx) as s:
             assert s.local_name.startswith("127.0.0.2:")
+
+
+# --- timeouts at the edges: one rule on both backends, checked where given ---------------------
+
+
+def test_infinity_means_no_limit_and_nan_is_refused_where_given(backend):
+    inf, nan = float("inf"), float("nan")
+    with backend.server("tcp://127.0.0.1:0") as srv:
+        with pytest.raises(ValueError, match="NaN"):
+            srv.accept(timeout=nan)
+        with pytest.raises(ValueError, match="NaN"):
+            backend.client(f"tcp://{srv.local_name}", timeout=nan)
+        with backend.client(f"tcp://{srv.local_name}", timeout=inf) as s:
+            conn, _ = srv.accept(timeout=inf)
+            with conn:
+                s.set_timeout(inf)
+                assert s.timeout is None
+                with pytest.raises(ValueError, match="NaN"):
+                    s.set_timeout(nan)
+                assert s.timeout is None  # unchanged by the refused value
+                conn.write(b"x")
+                assert ss.select([s], [], [], inf)[0] == [s]  # no limit, and it returns as soon as data is there
+                assert s.read(1) == b"x"
+                with pytest.raises(ValueError, match="NaN"):
+                    ss.select([s], [], [], nan)
+        with pytest.raises(TypeError, match="number of seconds"):
+            srv.accept(timeout="5")
+
+
+def test_probe_refuses_nan_and_takes_infinity(backend):
+    with pytest.raises(ValueError, match="NaN"):
+        list(backend.probe(["tcp://127.0.0.1:1"], timeout=float("nan")))
+    with pytest.raises(ValueError, match="NaN"):
+        list(backend.probe(["tcp://127.0.0.1:1"], connect_timeout=float("nan")))
+    with backend.server("tcp://127.0.0.1:0") as srv:
+        [result] = backend.probe([f"tcp://{srv.local_name}"], timeout=float("inf"))
+    assert result.ok
+
+
+def test_integers_out_of_range_are_refused_by_the_context():
+    with pytest.raises(TypeError, match="verify_depth"):
+        ss.Context(ssl={"verify_depth": 2**40})
+    with pytest.raises(TypeError, match="backlog"):
+        ss.Context(socket={"backlog": 2**40})
+    assert ss.Context(socket={"backlog": 2**31 - 1}).socket["backlog"] == 2**31 - 1

@@ -39,6 +39,7 @@ from . import _backend
 from . import errors as _e
 from . import stream as _stream
 from ._aio_transport import StreamTransport
+from ._deadline import limit_of
 from ._resolve import resolve
 from ._state import CHUNK, StateViews, StreamState
 from .address import Address, Transport, ip_literal
@@ -511,7 +512,7 @@ class AsyncServer:
         self._accept_error_reported_at = -1.0
         self.handshake_failures = 0
         self.last_handshake_error: BaseException | None = None
-        self._acceptor = backend.acceptor(conn, handshake_timeout)
+        self._acceptor = backend.acceptor(conn, limit_of(handshake_timeout, None, "handshake_timeout"))
         self._acceptor_fd = self._acceptor.fileno()
         loop.add_reader(self._acceptor_fd, self._on_ready)
 

@@ -70,6 +70,9 @@ DEFAULT_SOCKET_TIMEOUT = 60.0  # PHP's default_socket_timeout
 DEFAULT_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
 
 
+_INT32_MAX = 0x7FFFFFFF  # integer options reach C as int32
+
+
 def _is_text(value: Any) -> bool:
     # A NUL would cut the C string short: "localhost\0.evil" must not verify as "localhost".
     return isinstance(value, str) and "\0" not in value
@@ -112,7 +115,7 @@ _SSL_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "local_pk": (_is_path, "path"),
     "passphrase": (_is_text, "str without NUL"),
     "peer_name": (lambda v: _is_text(v) and v != "", "non-empty str without NUL"),
-    "verify_depth": (lambda v: _is_int(v) and v >= 0, "int >= 0"),
+    "verify_depth": (lambda v: _is_int(v) and 0 <= v <= _INT32_MAX, "int 0-2147483647"),
     "ciphers": (_is_text, "str without NUL"),
     "capture_peer_cert": (_is_bool, "bool"),
     "capture_peer_cert_chain": (_is_bool, "bool"),
@@ -130,7 +133,7 @@ _SSL_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 _SOCKET_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bindto": (_is_text, "'ip:port' str"),
-    "backlog": (lambda v: _is_int(v) and v >= 0, "int >= 0"),
+    "backlog": (lambda v: _is_int(v) and 0 <= v <= _INT32_MAX, "int 0-2147483647"),
     "ipv6_v6only": (_is_bool, "bool"),
     "so_reuseport": (_is_bool, "bool"),
     "so_broadcast": (_is_bool, "bool"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from . import errors as _e
+from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
 from .address import Address, Transport
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
@@ -100,10 +101,11 @@ class ProbeOptions:
     def __post_init__(self) -> None:
         if type(self.concurrency) is not int or not 1 <= self.concurrency <= 1 << 24:
             raise ValueError("concurrency must be an int between 1 and 2**24")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be > 0")
+        timeout = checked_seconds(self.timeout)
+        if timeout is None or timeout <= 0:
+            raise ValueError("timeout must be > 0 seconds (infinity: no limit)")
         for name in ("connect_timeout", "handshake_timeout"):
-            value = getattr(self, name)
+            value = checked_seconds(getattr(self, name), name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 (or None for the whole timeout)")
         if not 0 <= self.banner <= 65536:  # each record's banner must fit the engine's arena

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Iterable, Iterator
 
 from . import errors as _e
-from ._deadline import deadline_after, time_left
+from ._deadline import deadline_after, limit_of, time_left
 from ._state import CHUNK, StateViews, StreamState
 from .address import Address, Transport
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
@@ -38,10 +38,9 @@ default_socket_timeout = 60.0  # PHP's ini default; None passed as a timeout mea
 
 
 def timeout_value(timeout: float | None) -> float | None:
-    """Seconds to wait: None means the default, a negative value forever (None)."""
-    if timeout is None:
-        timeout = default_socket_timeout
-    return None if timeout < 0 else float(timeout)
+    """Seconds to wait: None means the default (PHP's default_socket_timeout),
+    a negative value or infinity forever (None); NaN is a ValueError."""
+    return limit_of(timeout, default_socket_timeout)
 
 
 class Stream(StateViews):
@@ -212,8 +211,8 @@ class Stream(StateViews):
         self._blocking = bool(blocking)
 
     def set_timeout(self, seconds: float | None) -> None:
-        """PHP's stream_set_timeout: read/write timeout; None or a negative value: forever."""
-        self._timeout = None if seconds is None or seconds < 0 else float(seconds)
+        """PHP's stream_set_timeout: read/write timeout; None, a negative value or infinity: forever."""
+        self._timeout = limit_of(seconds, None)
 
     @property
     def blocking(self) -> bool:
@@ -315,8 +314,8 @@ class Server:
         self._backend = backend
         self.address = address
         self.context = context
-        #: Seconds a client has from its connect to the end of its TLS handshake.
-        self.handshake_timeout = timeout_value(handshake_timeout)
+        #: Seconds a client has from its connect to the end of its TLS handshake (None: no limit).
+        self.handshake_timeout = limit_of(handshake_timeout, default_socket_timeout, "handshake_timeout")
         self._acceptor = None  # made on the first accept
         self._ready: collections.deque = collections.deque()  # established, not yet accepted
         self._cond = threading.Condition()
@@ -544,8 +543,8 @@ def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | 
             by_fd.setdefault(fd, [])
             poller.register(fd, event | sum(e for e, _ in by_fd[fd]))
             by_fd[fd].append((event, item))
-    wait_ms = 0 if ready_read else (-1 if timeout is None or timeout < 0 or math.isinf(timeout)
-                                    else int(timeout * 1000))
+    limit = limit_of(timeout, None)
+    wait_ms = 0 if ready_read else (-1 if limit is None else min(math.ceil(limit * 1000), 0x7FFFFFFF))
     events = dict(poller.poll(wait_ms))
     result: tuple[list, list, list] = ([], [], [])
     for fd, entries in by_fd.items():
