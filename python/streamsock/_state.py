@@ -21,6 +21,7 @@ from .address import Address, Transport
 from .context import Context
 
 CHUNK = 8192  # PHP reads sockets in 8 KiB chunks
+READ_CAP = 262144  # bytes a driver takes from the connection per call at most, however large the read
 STREAM_TYPES = {
     Transport.UDP: "udp_socket",
     Transport.UNIX: "unix_socket",

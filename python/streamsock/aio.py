@@ -16,10 +16,11 @@ raise the same exceptions.
 
 The data path: a stream watches its socket for reading once, while someone
 reads, and keeps the registration between reads (no add/remove per read).
-When the socket becomes readable the loop's callback reads everything the
-connection has (one call into the backend), hands it to the stream's state
-and wakes the reader; a TLS record that is still incomplete wakes nobody.
-Writes go straight to the connection and wait only when the socket is full.
+When the socket becomes readable the loop's callback reads, in one call into
+the backend, as much as the waiting read asked for (every whole TLS record
+there, up to that size) and hands it to the read, which returns it as it is;
+a TLS record that is still incomplete wakes nobody. Writes go straight to the
+connection and wait only when the socket is full.
 
 Host names are resolved with ``loop.getaddrinfo`` (the core's resolver would
 block the loop); the name stays the TLS peer name (verification and SNI).
@@ -41,7 +42,7 @@ from . import stream as _stream
 from ._aio_transport import StreamTransport
 from ._deadline import limit_of
 from ._resolve import resolve
-from ._state import CHUNK, StateViews, StreamState
+from ._state import CHUNK, READ_CAP, StateViews, StreamState
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
@@ -50,7 +51,6 @@ __all__ = ["AsyncServer", "AsyncStream", "StreamTransport", "client", "create_co
 DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRITE
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 _FILL = 65536  # bytes taken from the connection when a read has no size of its own (readline, read(-1))
-_READ_CAP = 262144  # bytes taken from the connection per call at most, however large the read
 _COROUTINE = types.CoroutineType
 _Future = asyncio.Future
 
@@ -238,7 +238,7 @@ class AsyncStream(StateViews):
         if st.head or st.rest or st.eof or not size:
             return st.read_now(size)  # buffered (or the end): no waiting
         # The hot path of every request: _fill's work inlined, one coroutine frame.
-        want = size if size <= _READ_CAP else _READ_CAP
+        want = size if size <= READ_CAP else READ_CAP
         self._reading = True
         try:
             while True:

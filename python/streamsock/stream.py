@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from . import errors as _e
 from ._deadline import deadline_after, limit_of, time_left
-from ._state import CHUNK, StateViews, StreamState
+from ._state import CHUNK, READ_CAP, StateViews, StreamState
 from .address import Address, Transport
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 
@@ -32,7 +32,6 @@ SERVER_LISTEN = 8
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
 
 _READ_ALL_CHUNK = 65536  # read(-1) gathers the stream in chunks of this size
-_READ_CAP = 262144  # bytes taken from the connection per call at most, however large the read
 
 default_socket_timeout = 60.0  # PHP's ini default; None passed as a timeout means this
 
@@ -146,7 +145,7 @@ class Stream(StateViews):
                     st.feed(data)
                 return out
             while (out := st.read_now(size)) is None:
-                data = self._recv(CHUNK if size < CHUNK else size if size < _READ_CAP else _READ_CAP)
+                data = self._recv(CHUNK if size < CHUNK else size if size < READ_CAP else READ_CAP)
                 if data is None:
                     return None
                 st.feed(data)
