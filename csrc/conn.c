@@ -519,6 +519,8 @@ static int64_t write_some(ss_conn_t *conn, const char *buf, size_t len)
         return rc;
     if (len == 0)
         return 0;
+    if (conn->ssl && conn->shutdown_sent) /* as a plain socket's write side after shutdown(SHUT_WR) */
+        return ss__conn_fail(conn, ss__fail(&conn->err, SS_ERR_SYSTEM, EPIPE, "write failed: %s", strerror(EPIPE)));
     int64_t n = conn->ssl ? ss__tls_write(conn, buf, len) : ss__sock_write(conn, buf, len);
     if (n < SS_IO_WANT_WRITE)
         return ss__conn_fail(conn, (int)n);
@@ -670,9 +672,22 @@ int ss_conn_shutdown(ss_conn_t *conn, int32_t how)
         return ss__fail(&conn->err, SS_ERR_CLOSED, 0, "%s", ss_error_message(SS_ERR_CLOSED));
     if (how < 0 || how > 2)
         return ss__fail(&conn->err, SS_ERR_STATE, EINVAL, "shutdown: how must be 0, 1 or 2");
+    /* TLS ends its write side with close_notify: a bare FIN would read as a truncation. */
+    if (conn->ssl && conn->state == SS_STATE_ESTABLISHED && how != SHUT_RD) {
+        int rc = ss__tls_close_write(conn);
+        if (rc != SS_DONE)
+            return rc == SS_WANT_WRITE ? rc : ss__conn_fail(conn, rc);
+    }
     if (shutdown(conn->fd, how) < 0)
         return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "shutdown failed: %s", strerror(errno));
     return SS_OK;
+}
+
+void ss_conn_interrupt(ss_conn_t *conn)
+{
+    int fd = conn->fd;
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR); /* no TLS here: the SSL object is the waiting thread's */
 }
 
 int ss_conn_state(const ss_conn_t *conn)

@@ -42,6 +42,10 @@
 #define DEFAULT_RESOLVER_THREADS 16
 #define SESSION_KEY_MAX 600
 #define BATCH_NS (10 * 1000000) /* results are held this long for more to join them */
+/* Probes in flight are served at least this often while new ones start: a
+ * flood of targets that fail at once must not starve the live handshakes. */
+#define POLL_EVERY_NS (1 * 1000000)
+#define STARTS_PER_TURN 64
 #define TICKET_WAIT_MIN_NS (50 * 1000000) /* plus twice the handshake: a TLS 1.3 ticket's wait */
 
 struct probe {
@@ -91,6 +95,7 @@ struct ss_engine {
     uint64_t lookup_seq;
     double tokens; /* rate limit: connections that may start now */
     int64_t tokens_at;
+    int64_t polled_ns; /* when the readiness set was last looked at */
     struct session_entry *sessions; /* session_cache entries, by key hash */
 };
 
@@ -622,11 +627,12 @@ static int can_start(const ss_engine_t *e)
     return e->free_count && e->queue_len && e->finished_count < (uint32_t)e->opts.concurrency;
 }
 
-/* Starts queued probes while slots and the rate allow; returns when the next may start. */
+/* Starts queued probes while slots and the rate allow, a turn's worth at
+ * most; returns when the next may start (INT64_MAX: now, or never). */
 static int64_t start_queued(ss_engine_t *e)
 {
     int64_t next = INT64_MAX;
-    while (can_start(e) && take_token(e, now_ns(), &next)) {
+    for (int started = 0; started < STARTS_PER_TURN && can_start(e) && take_token(e, now_ns(), &next); started++) {
         uint32_t i = e->free_slots[--e->free_count];
         struct probe *slot = &e->slots[i];
         *slot = e->queue[e->queue_head];
@@ -735,15 +741,44 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
 
 /* ---- the loop ------------------------------------------------------------ */
 
+/* Waits up to wait_ms for readiness and steps what is ready; the number of
+ * events, or SS_ERR_SYSTEM. *interrupted tells of ss_engine_interrupt. */
+static int poll_events(ss_engine_t *e, int wait_ms, int *interrupted)
+{
+    struct epoll_event events[256];
+    int n = epoll_wait(e->epoll_fd, events, (int)(sizeof events / sizeof events[0]), wait_ms);
+    e->polled_ns = now_ns();
+    if (n < 0)
+        return errno == EINTR ? 0 : SS_ERR_SYSTEM;
+    for (int i = 0; i < n; i++) {
+        struct probe *p = events[i].data.ptr;
+        if (!p) {
+            take_lookups(e);
+        } else if (p == (void *)&e->wake_fd) {
+            uint64_t count;
+            *interrupted |= read(e->wake_fd, &count, sizeof count) == sizeof count;
+        } else if (p->conn) { /* not finished earlier in this batch */
+            step(e, p);
+        }
+    }
+    return n;
+}
+
 int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out, uint32_t cap,
                       unsigned char *arena, uint32_t arena_cap)
 {
     int64_t until = timeout_ms < 0 ? INT64_MAX : now_ns() + ms_to_ns(timeout_ms);
     uint32_t produced = 0, arena_used = 0;
     int64_t first_result_ns = 0;
-    struct epoll_event events[256];
+    int interrupted = 0;
     for (;;) {
         int64_t next_start = start_queued(e);
+        if (e->in_flight && now_ns() - e->polled_ns >= POLL_EVERY_NS) {
+            if (poll_events(e, 0, &interrupted) < 0)
+                return SS_ERR_SYSTEM;
+            if (interrupted)
+                return (int32_t)produced;
+        }
         /* Expire what is due; report what has finished, as room allows. */
         int64_t t = now_ns();
         int64_t next_deadline = expire_due(e, t);
@@ -773,31 +808,19 @@ int32_t ss_engine_run(ss_engine_t *e, int32_t timeout_ms, ss_probe_result_t *out
             return (int32_t)produced;
         }
         if (can_start(e) && next_start == INT64_MAX)
-            continue; /* free slots and work queued: start it now */
+            continue; /* free slots and work queued: start it now (served in between, above) */
         int64_t wait_until = next_deadline < until ? next_deadline : until;
         if (produced && first_result_ns + BATCH_NS < wait_until)
             wait_until = first_result_ns + BATCH_NS;
         int wait_ms = wait_until == INT64_MAX ? -1 : (int)((wait_until - t + 999999) / 1000000);
         if (wait_ms < 0 && wait_until != INT64_MAX)
             wait_ms = 0;
-        int n = epoll_wait(e->epoll_fd, events, (int)(sizeof events / sizeof events[0]), wait_ms);
-        if (n < 0 && errno != EINTR)
+        int n = poll_events(e, wait_ms, &interrupted);
+        if (n < 0)
             return SS_ERR_SYSTEM;
-        int interrupted = 0;
-        for (int i = 0; i < n; i++) {
-            struct probe *p = events[i].data.ptr;
-            if (!p) {
-                take_lookups(e);
-            } else if (p == (void *)&e->wake_fd) {
-                uint64_t count;
-                interrupted = read(e->wake_fd, &count, sizeof count) == sizeof count;
-            } else if (p->conn) { /* not finished earlier in this batch */
-                step(e, p);
-            }
-        }
         if (interrupted)
             return (int32_t)produced;
-        if (n <= 0 && produced == 0 && now_ns() >= until) {
+        if (n == 0 && produced == 0 && now_ns() >= until) {
             /* Time is up for this call unless something is due to report. */
             if (cap == 0 || (e->finished_count == 0 && e->next_deadline > now_ns()))
                 return 0;

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -44,6 +45,7 @@ struct ss_engine_thread {
     ss_engine_t *engine;
     pthread_t thread;
     int started;
+    pid_t owner;            /* the process whose thread this is (a fork's child has none) */
     pthread_mutex_t lock;
     pthread_cond_t work;    /* the thread waits here when it has nothing to drive */
     pthread_cond_t results; /* the caller waits here for a batch */
@@ -193,6 +195,7 @@ ss_engine_thread_t *ss_engine_thread_new(const ss_engine_options_t *opts, ss_err
         return NULL;
     }
     t->started = 1;
+    t->owner = getpid();
     return t;
 }
 
@@ -200,6 +203,8 @@ void ss_engine_thread_free(ss_engine_thread_t *t)
 {
     if (!t)
         return;
+    if (t->started && getpid() != t->owner)
+        return; /* a forked child: the thread is the parent's, its lock may be held for good */
     if (t->started) {
         pthread_mutex_lock(&t->lock);
         t->stopping = 1;
@@ -226,6 +231,10 @@ void ss_engine_thread_free(ss_engine_thread_t *t)
 
 int ss_engine_thread_add(ss_engine_thread_t *t, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *starttls_tls)
 {
+    if (getpid() != t->owner) {
+        ss_conn_free(conn);
+        return SS_ERR_STATE;
+    }
     pthread_mutex_lock(&t->lock);
     int rc = t->error;
     if (rc == SS_OK && t->incoming_len == t->incoming_cap) {
@@ -260,6 +269,8 @@ int ss_engine_thread_add(ss_engine_thread_t *t, uint64_t id, ss_conn_t *conn, ss
 int32_t ss_engine_thread_take(ss_engine_thread_t *t, int32_t timeout_ms, const ss_probe_result_t **records,
                               const unsigned char **arena)
 {
+    if (getpid() != t->owner)
+        return SS_ERR_STATE;
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     if (timeout_ms > 0) {

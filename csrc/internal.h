@@ -106,6 +106,9 @@ int64_t ss__tls_write(ss_conn_t *conn, const char *buf, size_t len);
 void ss__tls_detach(ss_conn_t *conn);
 /* Best effort, never blocks: one SSL_shutdown before the socket closes. */
 void ss__tls_notify_close(ss_conn_t *conn);
+/* Sends close_notify (once) and keeps reading possible: SS_DONE, SS_WANT_WRITE
+ * (call again when writable), or an error. */
+int ss__tls_close_write(ss_conn_t *conn);
 /* No more I/O for conn->ssl (its socket is about to close, and a new socket
  * may get the same number); what it knows of the session can still be read. */
 void ss__tls_silence(ss_conn_t *conn);

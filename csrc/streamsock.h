@@ -301,8 +301,15 @@ int ss_conn_start_tls(ss_conn_t *conn, ss_tls_ctx_t *tls, const char *peer_name,
  * arrives before the peer's close_notify is kept and read as usual. */
 int ss_conn_stop_tls(ss_conn_t *conn);
 
-/* shutdown(2): how is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2). */
+/* shutdown(2): how is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2). On an
+ * established TLS stream SHUT_WR and SHUT_RDWR send close_notify first (reading
+ * goes on until the peer's); SS_WANT_WRITE when the socket has no room for it
+ * yet: call again once it is writable. Writing afterwards fails with EPIPE. */
 int ss_conn_shutdown(ss_conn_t *conn, int32_t how);
+
+/* Shuts the socket down both ways, TLS untouched: from another thread, to
+ * wake a call that waits on the conn (which then fails). */
+void ss_conn_interrupt(ss_conn_t *conn);
 
 /* Closes the socket now, after one non-blocking attempt to send TLS
  * close_notify; the handle stays valid (state CLOSED). */
@@ -511,11 +518,12 @@ typedef struct ss_engine_thread ss_engine_thread_t;
 /* An engine (as ss_engine_new) and its running thread. */
 ss_engine_thread_t *ss_engine_thread_new(const ss_engine_options_t *opts, ss_error_info_t *err);
 /* Stops and joins the thread, then frees the engine and every probe not
- * yet taken. NULL is a no-op. */
+ * yet taken. NULL is a no-op. In a child forked after ss_engine_thread_new
+ * it does nothing: the thread is the parent's and its lock may be held. */
 void ss_engine_thread_free(ss_engine_thread_t *thread);
 
 /* As ss_engine_add, from the caller's thread (one caller thread at a time
- * for add and take). */
+ * for add and take). Add and take fail with SS_ERR_STATE in a forked child. */
 int ss_engine_thread_add(ss_engine_thread_t *thread, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *starttls_tls);
 
 /* Waits up to timeout_ms (-1: no limit) for finished probes, and points

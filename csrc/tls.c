@@ -522,9 +522,27 @@ void ss__tls_detach(ss_conn_t *conn)
 
 void ss__tls_notify_close(ss_conn_t *conn)
 {
+    if (conn->shutdown_sent)
+        return; /* out already: another SSL_shutdown would read for the peer's */
     ERR_clear_error();
     SSL_shutdown(conn->ssl);
     ERR_clear_error();
+}
+
+int ss__tls_close_write(ss_conn_t *conn)
+{
+    if (conn->shutdown_sent)
+        return SS_DONE;
+    ERR_clear_error();
+    int rc = SSL_shutdown(conn->ssl); /* the first call only sends: 0, or 1 when the peer's came first */
+    if (rc < 0) {
+        int e = SSL_get_error(conn->ssl, rc);
+        if (e == SSL_ERROR_WANT_WRITE)
+            return SS_WANT_WRITE; /* the alert waits in OpenSSL; the next call sends it */
+        return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, rc, "TLS shutdown failed");
+    }
+    conn->shutdown_sent = 1;
+    return SS_DONE;
 }
 
 void ss__tls_silence(ss_conn_t *conn)
@@ -597,18 +615,10 @@ static int keep_handback(ss_conn_t *conn, const char *buf, size_t n)
 int ss__tls_shutdown(ss_conn_t *conn)
 {
     if (!conn->shutdown_sent) {
-        ERR_clear_error();
-        int rc = SSL_shutdown(conn->ssl);
-        if (rc < 0) {
-            int e = SSL_get_error(conn->ssl, rc);
-            if (e == SSL_ERROR_WANT_READ)
-                return SS_WANT_READ;
-            if (e == SSL_ERROR_WANT_WRITE)
-                return SS_WANT_WRITE;
-            return ss__fail_tls(&conn->err, SS_ERR_TLS, conn->ssl, rc, "TLS shutdown failed");
-        }
-        conn->shutdown_sent = 1;
-        if (rc == 1)
+        int rc = ss__tls_close_write(conn);
+        if (rc != SS_DONE)
+            return rc;
+        if (SSL_get_shutdown(conn->ssl) & SSL_RECEIVED_SHUTDOWN)
             return SS_DONE;
     }
     /* Our close_notify is out; read until the peer's, keeping its data. */

@@ -201,9 +201,14 @@ static int parse_host_port(const char *s, size_t n, size_t start, ss_address_t *
     }
     if (host_end == start)
         return fail(out, SS_ERR_ADDR_HOST_EMPTY, start, 0);
-    for (size_t i = start; i < host_end; i++)
+    for (size_t i = start; i < host_end; i++) {
         if (is_bad_host_char((unsigned char)s[i]))
             return fail(out, SS_ERR_ADDR_HOST_CHAR, i, 1);
+        /* A UTF-16 surrogate (ED A0..BF xx): no resolver can take it. Python
+         * hands lone surrogates over this way (undecodable input bytes too). */
+        if ((unsigned char)s[i] == 0xED && i + 1 < host_end && (unsigned char)s[i + 1] >= 0xA0)
+            return fail(out, SS_ERR_ADDR_HOST_CHAR, i, host_end - i < 3 ? host_end - i : 3);
+    }
     if (host_end - start > SS_HOST_MAX)
         return fail(out, SS_ERR_ADDR_HOST_TOO_LONG, start, host_end - start);
     out->host_off = (uint32_t)start;

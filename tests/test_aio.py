@@ -290,6 +290,26 @@ def test_aio_tls_server_and_aio_client(backend, pki):
     run(main())
 
 
+def test_tls_half_close_between_aio_server_and_client(backend, pki):
+    """The client's shutdown(SHUT_WR) is a clean end of stream for the server
+    (close_notify), which answers with everything it read; the client reads it."""
+    async def handler(stream: aio.AsyncStream) -> None:
+        await stream.write(b"got:" + await stream.read(-1))
+
+    async def main():
+        async with await aio.server("tls://127.0.0.1:0", handler, tls_server_context(pki), backend=backend) as srv:
+            port = srv.local_name.rsplit(":", 1)[1]
+            ctx = ss.Context(ssl={"cafile": pki.cafile})
+            async with await aio.client(f"tls://localhost:{port}", timeout=5, context=ctx, backend=backend) as s:
+                await s.write(b"x" * 100_000)
+                s.shutdown(ss.SHUT_WR)
+                assert await s.read(-1) == b"got:" + b"x" * 100_000
+            with pytest.raises(ValueError):
+                s.shutdown(7)
+
+    run(main())
+
+
 def test_aio_tls_server_handshake_timeout_and_failure(backend, pki):
     async def handler(stream):  # pragma: no cover - never reached
         raise AssertionError("no handshake, no handler")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -167,6 +168,84 @@ def test_probe_reads_targets_as_they_come():
     assert all(r["error_class"] == "ConnectError" for r in records)
 
 
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_probe_stopped_by_a_signal_prints_the_summary(backend, tmp_path, signum, status):
+    """Ctrl-C or SIGTERM while hundreds of probes are in flight (some connecting, some
+    in a handshake that never ends): the summary of what finished, the signal's exit
+    status, and no task or traceback left behind."""
+    with SilentServer() as silent:
+        refused = refused_port()
+        targets = tmp_path / "targets"
+        targets.write_text("".join(f"tls://127.0.0.1:{silent.port}\n" if i % 50 == 0 else
+                                   f"tls://localhost:{refused}\n" for i in range(20000)))
+        with subprocess.Popen([*CLI, "probe", "--backend", backend.name, "-c", "200", "--timeout", "30",
+                               "-f", str(targets)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            try:
+                for _ in range(300):  # results are coming: the engine is busy
+                    assert proc.stdout.readline()
+                proc.send_signal(signum)
+                _, stderr = proc.communicate(timeout=DEADLINE)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    assert proc.returncode == status, stderr.decode()
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert stderr.startswith(f"streamsock probe: stopped by {name} after ".encode()), stderr.decode()
+    finished = outcome_count(stderr, "ConnectError") + outcome_count(stderr, "ok")
+    assert finished >= 300
+    assert outcome_count(stderr, "not finished") == 20000 - finished  # in flight or never started
+    assert b"Task" not in stderr and b"Traceback" not in stderr, stderr.decode()
+
+
+RFC3339_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_probe_reads_bare_hosts_from_stdin_with_a_default_scheme_and_port(backend, pki, tls_server):
+    """`echo host | streamsock probe --tls -p PORT`: targets from stdin, transport and port
+    filled in, and each record with its timestamp, host, ip, port and SNI apart."""
+    result = run_cli("probe", "--tls", "-p", str(tls_server.port), "--json", "--cafile", pki.cafile,
+                     "--backend", backend.name, input=b"localhost\n127.0.0.1\nudp://127.0.0.1:9\n")
+    assert result.returncode == 0, result.stderr.decode()
+    records = sorted(json_lines(result.stdout), key=lambda r: r["index"])
+    by_host, ip_literal, explicit = records
+    assert by_host["ok"] and by_host["target"] == f"tls://localhost:{tls_server.port}"
+    assert (by_host["host"], by_host["ip"], by_host["port"], by_host["sni"]) == \
+        ("localhost", "127.0.0.1", tls_server.port, "localhost")
+    assert re.fullmatch(RFC3339_UTC, by_host["timestamp"]), by_host["timestamp"]
+    assert ip_literal["ok"] and ip_literal["tls_version"]  # the test certificate names 127.0.0.1 too
+    assert (ip_literal["host"], ip_literal["sni"]) == ("127.0.0.1", None)  # no SNI for an IP address
+    assert (explicit["target"], explicit["tls_version"]) == ("udp://127.0.0.1:9", None)  # a transport given is kept
+
+
+def test_probe_appends_whole_records_to_a_file_as_csv(backend, tmp_path):
+    refused = f"tcp://127.0.0.1:{refused_port()}"
+    out = tmp_path / "records.csv"
+    for _ in range(2):
+        result = run_cli("probe", "-o", str(out), "--format", "csv", "--backend", backend.name, refused, "a b")
+        assert result.returncode == 1 and result.stdout == b"", result.stderr.decode()
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert len(rows) == 4  # one header, then the records of both runs
+    assert sorted((r["target"], r["error_class"]) for r in rows) == \
+        sorted([(refused, "ConnectError"), ("a b", "AddressError")] * 2)
+    assert all(re.fullmatch(RFC3339_UTC, r["timestamp"]) for r in rows)
+
+
+def test_probe_offers_alpn_a_client_certificate_and_tls_versions(backend, pki):
+    with PyTLSServer(pki.server_cert.certfile, pki.server_cert.keyfile, alpn=["h2"], require_client_cert=True,
+                     cafile=pki.cafile) as peer:
+        result = run_cli("probe", "--json", "--cafile", pki.cafile, "--sni", "localhost", "--alpn", "h2,http/1.1",
+                         "--cert", pki.client.certfile, "--key", pki.client.keyfile, "--max-tls", "1.2",
+                         "--backend", backend.name, f"tls://127.0.0.1:{peer.port}")
+        assert result.returncode == 0, result.stderr.decode()
+        [record] = json_lines(result.stdout)
+        assert (record["alpn"], record["tls_version"], record["sni"]) == ("h2", "TLSv1.2", "localhost")
+        peer.wait_for_connections(1)
+        assert peer.connections[0].client_cert_der == pki.client.der
+    too_new = run_cli("probe", "--json", "--min-tls", "1.3", "--max-tls", "1.2", "--backend", backend.name,
+                      "tls://127.0.0.1:1")
+    assert too_new.returncode in (1, 2), too_new.stderr.decode()
+
+
 def test_probe_sends_a_payload_keeps_the_banner_and_the_chain(pki):
     with PyTLSServer(pki.server_certfile, pki.server_keyfile, mode="echo") as peer:
         result = run_cli("probe", "--json", "--cafile", pki.cafile, "--peer-name", "localhost",
@@ -226,12 +305,23 @@ def test_probe_draws_a_progress_bar_on_a_terminal(pki, tls_server):
             if terminal >= 0:
                 os.close(terminal)
     # The second result comes after the 0.5 s timeout: the bar has been drawn by then.
-    assert re.search(rb"\r[12]/2 done  [\d,]+/s  [01] failed\x1b\[K", shown), bytes(shown)
+    assert re.search(rb"\r[12]/2 done  [\d,]+/s  [01] failed  ETA \d+:\d\d\x1b\[K", shown), bytes(shown)
     assert b"\r\x1b[K" in shown and b"TimeoutError" in shown  # cleared, then the summary
 
 
+def test_probe_without_targets_reads_stdin_unless_it_is_a_terminal():
+    assert b"done: 0 targets" in run_cli("probe", input=b"").stderr  # an empty list: nothing to do
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run([*CLI, "probe"], stdin=terminal, capture_output=True, timeout=DEADLINE)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert result.returncode == 2
+    assert result.stderr == b"streamsock probe: give targets as arguments, with -f FILE, or on stdin\n"
+
+
 @pytest.mark.parametrize("args", [
-    [],                                         # no targets
     ["-c", "0", "localhost:1"],
     ["--timeout", "0", "localhost:1"],
     ["--payload", r"\u1234", "localhost:1"],    # not a byte
@@ -301,6 +391,37 @@ def test_connect_round_trips_data_over_tls(backend, pki, trust):
     summary = result.stderr.decode()
     assert summary.startswith(f"streamsock connect: connected to 127.0.0.1:{peer.port} (TLSv1.3, TLS_")
     assert ("certificate verified for 127.0.0.1" if trust == "cafile" else "pinned") in summary
+
+
+def tls_echo_until_close_notify(context):
+    """Echoes over TLS until the client's close_notify (a bare FIN raises), then closes cleanly."""
+    def script(conn: socket.socket) -> None:
+        tls = context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
+        while data := tls.recv(65536):
+            tls.sendall(data)
+        tls.unwrap()
+    return script
+
+
+def test_connect_over_tls_ends_the_write_side_at_the_end_of_stdin(backend, pki):
+    """The server learns of the end of stdin (close_notify, then FIN) and closes; every byte comes back."""
+    data = bytes(range(256)) * 4096
+    with RawServer(tls_echo_until_close_notify(pki.server_context())) as peer:
+        result = run_cli("connect", f"tls://127.0.0.1:{peer.port}", "--cafile", pki.cafile,
+                         "--backend", backend.name, input=data)
+        peer.wait_for_connections(1)
+        assert peer.connections[0].finished.wait(5)
+        assert peer.connections[0].error is None, (peer.connections[0].error, result.stderr.decode())
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == data
+
+
+def test_connect_idle_timeout_closes_a_connection_where_nothing_happens(backend):
+    with SilentServer() as peer:
+        result = run_cli("connect", f"tcp://127.0.0.1:{peer.port}", "--idle-timeout", "0.3",
+                         "--backend", backend.name, input=b"")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().endswith("streamsock connect: nothing sent or received for 0.3 s: closing\n")
 
 
 @pytest.mark.parametrize("problem, expected", [
@@ -395,6 +516,46 @@ def test_serve_echo_self_signed_answers_a_client_that_pins_it(backend):
             assert client.readline() == b"hello\n"
         assert proc.wait(DEADLINE) == 0  # --max-clients 1
         assert b"Traceback" not in proc.stderr.read()
+
+
+def test_serve_echo_serves_a_new_client_whatever_the_idle_ones_do(backend, pki):
+    """Silent TCP clients (no ClientHello) and idle TLS clients fill the server: a new
+    client is served at once, the client idle longest making room for it."""
+    with running("serve", "tls://127.0.0.1:0", "--echo", "--self-signed", "--max-connections", "4",
+                 "--backend", backend.name) as proc, contextlib.ExitStack() as clients:
+        url = PipeReader(proc.stderr).until(ANNOUNCEMENT).group(1).decode()
+        port = int(url.rsplit(":", 1)[1])
+        insecure = ss.Context(ssl={"verify_peer": False, "verify_peer_name": False})
+        for _ in range(20):
+            clients.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+        idle = []
+        for i in range(4):
+            stream = clients.enter_context(ss.client(url, timeout=5, context=insecure))
+            stream.write(b"%d\n" % i)
+            assert stream.readline() == b"%d\n" % i  # served, then idle
+            idle.append(stream)
+        with ss.client(url, timeout=5, context=insecure) as newcomer:
+            newcomer.write(b"new\n")
+            assert newcomer.readline() == b"new\n"
+        assert idle[0].read(1) == b""  # idle longest: closed to make room
+        idle[3].write(b"still here\n")
+        assert idle[3].readline() == b"still here\n"
+
+
+def test_serve_echo_closes_an_idle_client_after_the_idle_timeout(backend):
+    with running("serve", "tcp://127.0.0.1:0", "--echo", "--idle-timeout", "0.2", "--backend", backend.name) as proc:
+        port = int(PipeReader(proc.stderr).until(ANNOUNCEMENT).group(1).rsplit(b":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+            assert client.recv(1) == b""  # nothing more for 0.2 s: the server closed it
+
+
+def test_serve_listens_with_the_backlog_asked_for():
+    with running("serve", "tcp://127.0.0.1:0", "--echo", "--backlog", "77") as proc:
+        port = PipeReader(proc.stderr).until(ANNOUNCEMENT).group(1).rsplit(b":", 1)[1].decode()
+        listing = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+    assert listing.stdout.split()[2] == "77", listing.stdout  # Send-Q of a listening socket: its backlog
 
 
 def test_serve_without_echo_passes_data_both_ways_like_nc():

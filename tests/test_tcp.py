@@ -214,6 +214,15 @@ def test_shutdown_write_side_sends_eof(backend):
             assert s.read(-1) == b"last words"
 
 
+def test_shutdown_with_an_invalid_how_is_a_value_error(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            with pytest.raises(ValueError, match="must be one of SHUT_RD, SHUT_WR, or SHUT_RDWR, not 3"):
+                s.shutdown(3)
+            s.write(b"still open\n")
+            assert s.readline() == b"still open\n"
+
+
 def test_closed_stream_raises_and_close_is_idempotent(backend):
     with EchoServer() as peer:
         s = backend.client(peer.address, timeout=5)

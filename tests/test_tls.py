@@ -248,3 +248,34 @@ def test_one_context_is_compiled_once_and_shared(backend, pki, tls_server):
     assert backend.tls_context(ctx_for(pki), False, ss.Transport.TLS) is compiled  # equal options share it
     ctx.set_option("ssl", "verify_depth", 5)
     assert backend.tls_context(ctx, False, ss.Transport.TLS) is not compiled  # changed options: built anew
+
+
+def _half_close_peer(pki):
+    """Sends b"before" after the handshake, reads until the client's end of stream
+    (a bare FIN raises: only close_notify is a clean end), answers with what it read."""
+    def script(conn):
+        tls = pki.server_context().wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
+        tls.sendall(b"before")
+        data = b""
+        while chunk := tls.recv(4096):
+            data += chunk
+        tls.sendall(b"got:" + data)
+        tls.unwrap()
+        return data
+    return RawServer(script)
+
+
+def test_shutdown_write_side_of_a_tls_stream_sends_close_notify_and_reads_on(backend, pki):
+    with _half_close_peer(pki) as peer:
+        with backend.client(f"tls://localhost:{peer.port}", timeout=5, context=ctx_for(pki)) as s:
+            s.write(b"question")
+            assert ss.select([s], [], [], 5)[0] == [s]  # b"before" waits unread when the write side ends
+            s.shutdown(ss.SHUT_WR)
+            assert s.read(-1) == b"beforegot:question"
+            with pytest.raises(ss.StreamSocketError) as info:
+                s.write(b"more")
+            assert (info.value.errno, str(info.value)) == (32, "write failed: Broken pipe")
+        peer.wait_for_connections(1)
+        record = peer.connections[0]
+        assert record.finished.wait(5)
+    assert (record.error, record.result) == (None, b"question")

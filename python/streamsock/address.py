@@ -170,8 +170,10 @@ def format_address(transport: str, host: str | None, port: int | None, path: str
 
 _TRANSPORTS = {t.value: t for t in Transport}
 _SCHEME_CHARS = re.compile(r"[A-Za-z0-9+.\-]+")
-_BAD_HOST_CHAR = re.compile(r"[\x00-\x20\x7f/?#@\[\]\\]")
-_BAD_HOST_CHARS = frozenset("".join(map(chr, range(0x21))) + "\x7f/?#@[]\\")
+# Controls, space, URL delimiters, and UTF-16 surrogates (no resolver takes
+# them; undecodable input bytes arrive as surrogates).
+_BAD_HOST_CHAR = re.compile(r"[\x00-\x20\x7f/?#@\[\]\\\ud800-\udfff]")
+_BAD_HOST_CHARS = frozenset(map(chr, [*range(0x21), 0x7F, *b"/?#@[]\\", *range(0xD800, 0xE000)]))
 _ZONE = re.compile(r"[A-Za-z0-9._~\-]+")
 _IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]{1,45}")
 _HOST_MAX = 255

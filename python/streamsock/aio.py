@@ -61,7 +61,7 @@ class AsyncStream(StateViews):
     reader (or writer) gets SS_ERR_BUSY, as does any I/O during a handshake."""
 
     __slots__ = ("_st", "_loop", "_reading", "_writing", "_read_waiter", "_step_waiter", "_write_waiters",
-                 "_read_fd", "_write_fd", "_may_hold_more", "_want", "__weakref__")
+                 "_read_fd", "_write_fd", "_may_hold_more", "_want", "_shutdown_task", "__weakref__")
 
     def __init__(self, state: StreamState, loop: asyncio.AbstractEventLoop) -> None:
         self._st = state
@@ -75,6 +75,7 @@ class AsyncStream(StateViews):
         self._write_fd = -1
         self._may_hold_more = True  # the connection may have data without the socket becoming readable
         self._want = _FILL  # what the waiting read asked for: taken as it is, no copy of a rest
+        self._shutdown_task: asyncio.Task | None = None  # a TLS close_notify waiting for room
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -377,8 +378,22 @@ class AsyncStream(StateViews):
     # -- closing ----------------------------------------------------------------
 
     def shutdown(self, how: int = _stream.SHUT_RDWR) -> None:
-        """PHP's stream_socket_shutdown (never waits)."""
-        self._st.live().shutdown(how)
+        """PHP's stream_socket_shutdown (never waits). On a TLS stream SHUT_WR
+        and SHUT_RDWR send close_notify first, as :meth:`Stream.shutdown`
+        does; when the socket has no room for it yet, it goes out (then the
+        FIN) as soon as there is."""
+        if how not in (_stream.SHUT_RD, _stream.SHUT_WR, _stream.SHUT_RDWR):
+            raise ValueError(f"how must be one of SHUT_RD, SHUT_WR, or SHUT_RDWR, not {how!r}")
+        conn = self._st.live()
+        if not conn.shutdown(how) and self._shutdown_task is None:
+            self._shutdown_task = self._loop.create_task(self._finish_shutdown(conn, how))
+
+    async def _finish_shutdown(self, conn, how: int) -> None:
+        try:
+            while not conn.shutdown(how):
+                await self._writable(conn)
+        except _e.StreamSocketError:
+            pass  # closed meanwhile, or the peer went away: there is no one left to tell
 
     def close(self) -> None:
         """Closes the stream (TLS close_notify is sent when it fits); idempotent.

@@ -11,6 +11,7 @@ import collections
 import importlib
 import json
 import os
+import signal
 import sys
 from typing import IO, Callable, Iterator, Sequence
 
@@ -26,6 +27,19 @@ class UsageError(Exception):
     """A command line that cannot be run as given: exit status 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that a
+    command stops the same clean way (its summary printed): exit status 143."""
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated in the main thread."""
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
 # --- helpers the commands share ---------------------------------------------------------
 
 
@@ -38,14 +52,29 @@ def backend_for(args: argparse.Namespace) -> _backend.Backend:
     return _backend.get(args.backend) if args.backend else _backend.select()
 
 
+_TLS_VERSIONS = {"1.0": 8, "1.1": 16, "1.2": 32, "1.3": 64}  # CRYPTO_PROTO_TLSv1_x
+
+
 def tls_client_context(args: argparse.Namespace) -> Context | None:
-    """The Context for --cafile, --insecure, --peer-name and --pin; None when
-    none was given, so the defaults apply."""
+    """The Context for --cafile, --insecure, --peer-name/--sni, --pin and the
+    options only probe has (--alpn, --cert/--key, --min-tls/--max-tls); None
+    when none was given, so the defaults apply."""
     ssl: dict = {}
     if args.cafile:
         ssl["cafile"] = args.cafile
     if args.peer_name:
         ssl["peer_name"] = args.peer_name
+    if getattr(args, "alpn", None):
+        ssl["alpn_protocols"] = args.alpn
+    if getattr(args, "cert", None):
+        ssl["local_cert"] = args.cert
+        if args.key:
+            ssl["local_pk"] = args.key
+    elif getattr(args, "key", None):
+        raise UsageError("--key goes with --cert")
+    for option, name in (("min_tls", "min_proto_version"), ("max_tls", "max_proto_version")):
+        if getattr(args, option, None):
+            ssl[name] = _TLS_VERSIONS[getattr(args, option)]
     if args.insecure:
         ssl.update(verify_peer=False, verify_peer_name=False)
     if args.pin:
@@ -81,19 +110,21 @@ class StdinFd:
         return os.read(self.fd, size) if self.fd >= 0 else b""
 
 
+ECHO_IDLE_TIMEOUT = 60.0  # serve --echo closes a client idle this long (PHP's default_socket_timeout)
 _RELAY_CHUNK = 65536
 _RELAY_BACKLOG = 1 << 20  # stdin bytes held for a peer that is slow to read; then stdin waits
 
 
-def relay(stream: Stream, datagram_idle: float) -> None:
+def relay(stream: Stream, datagram_idle: float, idle_timeout: float | None = None) -> bool:
     """nc's loop: stdin to ``stream`` and ``stream`` to stdout until the peer's
-    end of stream.
+    end of stream; True then, False when ``idle_timeout`` seconds passed with
+    nothing to read or write.
 
-    At the end of stdin a plaintext stream's write side is shut down, so the
-    peer sees the end of the input; a TLS stream just stops writing (a TCP
-    half-close under TLS reads as a truncation). Datagram streams have no end:
-    once stdin has ended, the relay stops after ``datagram_idle`` seconds
-    without a reply. Stream errors propagate.
+    At the end of stdin the stream's write side is shut down (after TLS
+    close_notify), so the peer sees the end of the input, and the relay goes
+    on reading until the peer closes. Datagram streams have no end: once
+    stdin has ended, the relay stops after ``datagram_idle`` seconds without
+    a reply. Stream errors propagate.
     """
     stdin = StdinFd()
     stdout = sys.stdout.buffer
@@ -108,14 +139,17 @@ def relay(stream: Stream, datagram_idle: float) -> None:
             readers: list = [stream]
             if reading_stdin and outgoing_bytes < _RELAY_BACKLOG:
                 readers.append(stdin)
-            idle = datagram_idle if datagram and not reading_stdin and not outgoing else None
+            datagram_done = datagram and not reading_stdin and not outgoing
+            idle = datagram_idle if datagram_done else idle_timeout
+            if datagram_done and idle_timeout is not None:
+                idle = min(idle, idle_timeout)
             readable, writable, _ = select(readers, [stream] if outgoing else [], [], idle)
             if idle is not None and not readable and not writable:
-                return  # a datagram peer with nothing more to say
+                return datagram_done  # a datagram peer with nothing more to say, or the idle timeout
             if stream in readable:
                 data = stream.read(_RELAY_CHUNK)
                 if data == b"":
-                    return
+                    return True
                 if data:
                     stdout.write(data)
                     stdout.flush()
@@ -136,7 +170,7 @@ def relay(stream: Stream, datagram_idle: float) -> None:
                 outgoing.popleft()
             if not reading_stdin and not outgoing and not write_side_done:
                 write_side_done = True
-                if not datagram and stream.crypto is None:
+                if not datagram:
                     stream.shutdown(SHUT_WR)
     finally:
         if not stream.closed:
@@ -147,6 +181,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port_number(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, not {value}")
     return value
 
 
@@ -235,8 +276,8 @@ def _add_backend_option(p: argparse.ArgumentParser, what: str) -> None:
 def _add_tls_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in FILE (PEM) instead of the system's")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's certificate or name")
-    p.add_argument("--peer-name", metavar="NAME", help="the name to verify the certificate against and send as SNI "
-                   "(default: the address's host)")
+    p.add_argument("--peer-name", "--sni", metavar="NAME", dest="peer_name",
+                   help="the name to send as SNI and verify the certificate against (default: the address's host)")
     p.add_argument("--pin", metavar="SHA256", help="trust the server certificate with this SHA-256 fingerprint "
                    "(as `streamsock serve --self-signed` prints it) instead of a CA")
 
@@ -253,7 +294,16 @@ def _add_probe_parser(sub) -> None:
     p.add_argument("addresses", nargs="*", metavar="ADDR", help='e.g. "tls://example.com:443", "host:25"')
     p.add_argument("-f", "--file", action="append", type=_ADDRESS_FILE, metavar="FILE",
                    help="read targets, one a line ('-' for stdin; blank lines and #comments skipped); "
-                   "read as the probe goes, so any size works")
+                   "read as the probe goes, so any size works. With no ADDR and no -f, targets come from "
+                   "stdin when it is not a terminal")
+    p.add_argument("-p", "--port", type=_port_number, metavar="N", help="the port of targets that give none")
+    p.add_argument("--scheme", choices=("tcp", "ssl", "tls", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3"),
+                   help="the transport of targets written without one (default tcp, as PHP)")
+    p.add_argument("--tls", action="store_const", const="tls", dest="scheme", help="short for --scheme tls")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="append the records to FILE (each written whole) instead of stdout")
+    p.add_argument("--format", choices=("jsonl", "csv"),
+                   help="the records as JSON lines or CSV (default: a line of text on stdout, jsonl with -o)")
     p.add_argument("-c", "--concurrency", type=positive_int, default=100, metavar="N",
                    help="connections in flight (default 100)")
     p.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
@@ -272,7 +322,12 @@ def _add_probe_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="resume TLS sessions for repeated targets")
     p.add_argument("--chain", action="store_true",
                    help='add the certificate chain the server sent ("chain": base64 DER, leaf first)')
-    p.add_argument("--json", action="store_true", help="one JSON object per target on stdout")
+    p.add_argument("--json", action="store_const", const="jsonl", dest="format", help="short for --format jsonl")
+    p.add_argument("--alpn", metavar="LIST", help="ALPN protocols to offer, e.g. h2,http/1.1")
+    p.add_argument("--cert", metavar="FILE", help="a client certificate (PEM; may hold the key too)")
+    p.add_argument("--key", metavar="FILE", help="its private key (PEM)")
+    p.add_argument("--min-tls", choices=tuple(_TLS_VERSIONS), help="the oldest TLS version to offer")
+    p.add_argument("--max-tls", choices=tuple(_TLS_VERSIONS), help="the newest TLS version to offer")
     _add_backend_option(p, "backend to probe with")
     p.set_defaults(func=_command_module("cli_probe"))
 
@@ -282,8 +337,9 @@ def _add_connect_parser(sub) -> None:
         "connect",
         help="connect and copy stdin to the stream and the stream to stdout (nc, openssl s_client)",
         description="Connect to ADDR (TLS addresses are verified), say on stderr what was negotiated, then "
-        "copy stdin to the connection and the connection to stdout until the server closes it. "
-        "Errors exit with status 1.",
+        "copy stdin to the connection and the connection to stdout until the server closes it. At the end "
+        "of stdin the write side is shut down (TLS: close_notify first) and the server's reply is read to "
+        "its end. Errors exit with status 1.",
     )
     p.add_argument("address", metavar="ADDR", help='e.g. "tls://example.com:443", "tcp://[::1]:25", "unix:///run/s"')
     p.add_argument("--starttls", choices=STARTTLS_PROTOCOLS, metavar="PROTO",
@@ -293,6 +349,8 @@ def _add_connect_parser(sub) -> None:
     p.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                    help="deadline for connecting, the handshake and the STARTTLS dialogue (default 10); "
                    "for udp and udg, how long to wait for replies once stdin has ended")
+    p.add_argument("--idle-timeout", type=positive_float, metavar="S",
+                   help="close the connection after S seconds with nothing sent or received (default: never)")
     _add_backend_option(p, "backend to connect with")
     p.set_defaults(func=_command_module("cli_connect"))
 
@@ -302,8 +360,9 @@ def _add_serve_parser(sub) -> None:
         "serve",
         help="listen on an address: echo every client, or pass one client's data to stdout (nc -l)",
         description="Listen on ADDR (port 0: any free port) and say on stderr where. With --echo, every client "
-        "gets its data back (several at once); otherwise the first client's data goes to stdout and stdin goes "
-        "to it, as with `nc -l`. Ctrl-C or SIGTERM stops the server.",
+        "gets its data back, all at once on one event loop (TLS handshakes concurrently, idle clients closed); "
+        "otherwise the first client's data goes to stdout and stdin goes to it, as with `nc -l`. "
+        "Ctrl-C or SIGTERM stops the server.",
     )
     p.add_argument("address", metavar="ADDR", help='e.g. "tls://127.0.0.1:0", "tcp://[::]:7000", "unix:///tmp/s"')
     p.add_argument("--cert", metavar="FILE", help="the server certificate (PEM; may hold the key too)")
@@ -313,6 +372,15 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--echo", action="store_true", help="send every client its data back")
     p.add_argument("--max-clients", type=positive_int, metavar="N",
                    help="exit after serving N clients (udp and udg: N datagrams)")
+    p.add_argument("--idle-timeout", type=positive_float, metavar="S",
+                   help=f"close a client after S seconds with nothing sent or received (default: "
+                   f"{ECHO_IDLE_TIMEOUT:g} with --echo, else never)")
+    p.add_argument("--max-connections", type=positive_int, default=512, metavar="N",
+                   help="with --echo, clients connected at once; at N the one idle longest is closed to make "
+                   "room for a new one (default 512)")
+    p.add_argument("--backlog", type=positive_int, default=511, metavar="N",
+                   help="the listen backlog: connections the system queues before they are accepted "
+                   "(default 511, as nginx; the library's default is PHP's 32)")
     _add_backend_option(p, "backend to serve with")
     p.set_defaults(func=_command_module("cli_serve"))
 
@@ -366,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, AddressError) as exc:  # an address raised here is the ADDR argument's
         say(args.command, str(exc))
         return 2
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:  # Ctrl-C: no traceback, the shell's usual status
         return 130
     except BrokenPipeError:  # `streamsock probe ... | head`

@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
         if args.starttls:
             _upgrade(stream, args.starttls, args.timeout)
         say("connect", _describe(stream, args))
-        relay(stream, datagram_idle=args.timeout)
+        if not relay(stream, datagram_idle=args.timeout, idle_timeout=args.idle_timeout):
+            say("connect", f"nothing sent or received for {args.idle_timeout:g} s: closing")
     return 0
 
 

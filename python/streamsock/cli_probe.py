@@ -10,14 +10,21 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
+import csv
+import io
 import itertools
 import json
 import math
+import os
+import signal
 import sys
 import time
-from typing import IO
+from typing import IO, Callable, Iterator
 
-from .cli import UsageError, backend_for, read_lines, tls_client_context
+from .address import Address, Transport
+from .cli import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
+from .errors import AddressError
 from .probe import ProbeResult
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
@@ -25,11 +32,19 @@ _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.addresses and not args.file:
-        raise UsageError("give targets as arguments or with -f FILE")
+    files = list(args.file or ())
+    if not args.addresses and not files:
+        if _is_tty(sys.stdin):
+            raise UsageError("give targets as arguments, with -f FILE, or on stdin")
+        files.append(sys.stdin)
+    # stdin as the files are read: an undecodable byte is a target that fails, not the end of the probe
+    files = [_stdin_text() if f is sys.stdin else f for f in files]
     backend = backend_for(args)
     context = tls_client_context(args)
-    targets = itertools.chain(args.addresses, *(read_lines(f, comments=True) for f in args.file or ()))
+    total = _count_targets(args.addresses, files)
+    targets = itertools.chain(args.addresses, *(read_lines(f, comments=True) for f in files))
+    if args.scheme or args.port:
+        targets = map(_defaults_applier(backend, args.scheme, args.port), targets)
     try:
         results = backend.probe(
             targets, concurrency=args.concurrency, timeout=args.timeout, context=context,
@@ -39,27 +54,105 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:  # an option probe() refuses: its rules, not repeated here
         raise UsageError(str(exc)) from None
-    write = _json_line if args.json else _human_line
     stats = Statistics()
-    progress = Progress(sys.stderr, total=None if args.file else len(args.addresses))
-    out = sys.stdout
-    # Each result reaches a pipe's reader at once, even while the probe waits
-    # for more input (`tail -f targets | streamsock probe -f -`); a flush costs
-    # less than the JSON encoding of the line.
-    out.reconfigure(line_buffering=True)
-    try:
-        for result in results:
-            stats.add(result)
-            out.write(write(result, args.chain))
-            progress.update(stats, time.monotonic())
-    except KeyboardInterrupt:
-        results.close()  # stops the engine; what finished is still summed up
-        progress.finish()
-        stats.report(sys.stderr, interrupted=True)
-        return 130
+    progress = Progress(sys.stderr, total=total, records_elsewhere=args.output is not None)
+    with _record_writer(args) as write:
+        stop_on_sigterm()  # SIGTERM too ends with the summary of what finished
+        try:
+            for result in results:
+                stats.add(result)
+                write(result)
+                progress.update(stats, time.monotonic())
+        except KeyboardInterrupt as exc:
+            results.close()  # stops the engine; what finished is still summed up
+            progress.finish()
+            terminated = isinstance(exc, Terminated)
+            stats.report(sys.stderr, stopped_by="SIGTERM" if terminated else "Ctrl-C", total=total)
+            return 128 + signal.SIGTERM if terminated else 130
     progress.finish()
     stats.report(sys.stderr)
     return 0 if stats.failed == 0 else 1
+
+
+def _stdin_text() -> IO[str]:
+    return open(sys.stdin.fileno(), "r", encoding="utf-8", errors="surrogateescape", closefd=False)
+
+
+def _count_targets(addresses: list[str], files: list) -> int | None:
+    """How many targets there are, when every input is an argument or a regular
+    file (counted in a first quick pass); None for a pipe or a terminal."""
+    total = len(addresses)
+    for f in files:
+        if not isinstance(f.name, str) or not os.path.isfile(f.name):  # stdin's name is its descriptor
+            return None
+        with open(f.name, "rb") as again:
+            total += sum(1 for line in again if (text := line.strip()) and not text.startswith(b"#"))
+    return total
+
+
+def _defaults_applier(backend, scheme: str | None, port: int | None):
+    """A function that gives a target written without a transport ``scheme``
+    and one without a port ``port``; anything else passes as it is (a target
+    that does not parse is reported by the probe)."""
+    transport = Transport(scheme) if scheme else None
+
+    def apply(text: str) -> str | Address:
+        stripped = text.strip()
+        try:
+            address = backend.parse(stripped)
+        except AddressError:
+            return text
+        if address.transport.local:
+            return address
+        if transport is not None and "://" not in stripped:
+            address = Address(transport, address.host, address.port)
+        if address.port is None and port is not None:
+            address = address.with_port(port)
+        return address
+
+    return apply
+
+
+_CSV_FIELDS = ("timestamp", "index", "target", "host", "ip", "port", "sni", "ok", "error_class", "errno", "message",
+               "tls_version", "cipher", "alpn", "session_reused", "connect_ms", "handshake_ms", "total_ms",
+               "cert_sha256")
+
+
+@contextlib.contextmanager
+def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult], None]]:
+    """write(result) for the chosen format and destination. A file is opened
+    for appending and each record goes out whole in one write, so a run that
+    is killed leaves whole records only."""
+    kind = args.format or ("jsonl" if args.output else "text")
+    out: IO[str] = sys.stdout
+    if args.output:
+        try:
+            out = open(args.output, "a", encoding="utf-8", errors="surrogateescape", newline="")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    # Each result reaches a pipe's reader at once, even while the probe waits for
+    # more input (`tail -f targets | streamsock probe -f -`); a flush costs less than
+    # the encoding of the line.
+    out.reconfigure(line_buffering=True)
+    try:
+        if kind == "csv":
+            if out.tell() == 0 if out is not sys.stdout else True:
+                out.write(",".join(_CSV_FIELDS) + "\r\n")
+            yield lambda result: out.write(_csv_line(result))
+        elif kind == "jsonl":
+            yield lambda result: out.write(_json_line(result, args.chain))
+        else:
+            yield lambda result: out.write(_human_line(result, args.chain))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _csv_line(result: ProbeResult) -> str:
+    record = result.to_dict()
+    line = io.StringIO()
+    csv.writer(line).writerow(["" if record[name] is None else record[name] for name in _CSV_FIELDS])
+    return line.getvalue()
 
 
 def _json_line(result: ProbeResult, with_chain: bool) -> str:
@@ -143,9 +236,11 @@ class Statistics:
         if result.handshake_ms is not None:
             self.handshake_ms.add(result.handshake_ms)
 
-    def report(self, out: IO[str], interrupted: bool = False) -> None:
+    def report(self, out: IO[str], stopped_by: str | None = None, total: int | None = None) -> None:
+        """The summary table; ``stopped_by`` names what ended the probe early,
+        and then the targets of a known ``total`` not finished are counted too."""
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        state = "interrupted after" if interrupted else "done:"
+        state = f"stopped by {stopped_by} after" if stopped_by else "done:"
         lines = [
             f"streamsock probe: {state} {self.done:,} targets in {elapsed:.2f} s ({self.done / elapsed:,.1f}/s), "
             f"{self.handshakes:,} TLS handshakes ({self.handshakes / elapsed:,.1f}/s)",
@@ -154,6 +249,8 @@ class Statistics:
         ]
         ordered = [("ok", self.outcomes.get("ok", 0))] + sorted(
             ((name, n) for name, n in self.outcomes.items() if name != "ok"), key=lambda item: (-item[1], item[0]))
+        if stopped_by and total is not None:
+            ordered.append(("not finished", total - self.done))  # in flight, or not started
         lines += [f"  {name:<28}{n:>10,}" for name, n in ordered]
         lines += ["", f"  {'latency of ok targets (ms)':<28}" + "".join(
             f"{'p' + str(p):>10}" for p in self.PERCENTILES) + f"{'max':>10}"]
@@ -165,14 +262,15 @@ class Statistics:
 
 
 class Progress:
-    """Done count, rate and failures on stderr: a bar redrawn in place (at most
-    10 times a second) on a terminal, an occasional plain line otherwise. When
-    stdout is the same terminal, its lines are the progress and no bar is drawn."""
+    """Done count (of the total, with an ETA, when the input is counted), rate
+    and failures on stderr: a bar redrawn in place (at most 10 times a second)
+    on a terminal, an occasional plain line otherwise. When the records go to
+    the same terminal, they are the progress and no bar is drawn."""
 
-    def __init__(self, out: IO[str], total: int | None) -> None:
+    def __init__(self, out: IO[str], total: int | None, records_elsewhere: bool = False) -> None:
         self.out = out
         self.total = total
-        self.bar = _is_tty(out) and not _is_tty(sys.stdout)
+        self.bar = _is_tty(out) and (records_elsewhere or not _is_tty(sys.stdout))
         self.interval = _REDRAW_INTERVAL if self.bar else _PLAIN_INTERVAL
         self.last = time.monotonic()
         self.drawn = False
@@ -182,8 +280,13 @@ class Progress:
             return
         self.last = now
         elapsed = max(now - stats.started, 1e-9)
-        of_total = f"/{self.total:,}" if self.total is not None else ""
-        text = f"{stats.done:,}{of_total} done  {stats.done / elapsed:,.0f}/s  {stats.failed:,} failed"
+        rate = stats.done / elapsed
+        of_total = eta = ""
+        if self.total is not None:
+            of_total = f"/{self.total:,}"
+            if rate > 0:
+                eta = f"  ETA {_duration((self.total - stats.done) / rate)}"
+        text = f"{stats.done:,}{of_total} done  {rate:,.0f}/s  {stats.failed:,} failed{eta}"
         if self.bar:
             self.out.write(f"\r{text}\x1b[K")
             self.drawn = True
@@ -196,6 +299,12 @@ class Progress:
             self.out.write("\r\x1b[K")
             self.out.flush()
             self.drawn = False
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _is_tty(stream: IO[str] | None) -> bool:

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import os
 import signal
 import sys
 import tempfile
-import threading
 from contextlib import ExitStack
 
+from . import aio
 from .address import Address
 from .certificate import Certificate
-from .cli import StdinFd, UsageError, backend_for, relay, say
+from .cli import ECHO_IDLE_TIMEOUT, StdinFd, UsageError, backend_for, relay, say
 from .context import Context
 from .errors import StreamSocketError
 from .stream import SERVER_BIND, SERVER_LISTEN, Server, Stream, select
 
-_MAX_CONCURRENT_CLIENTS = 64  # echo clients served at once; the next ones wait in the listen backlog
-_HANDSHAKE_TIMEOUT = 10.0     # accept() runs the TLS handshake: a silent client holds it this long at most
-_JOIN_TIMEOUT = 5.0
+_HANDSHAKE_TIMEOUT = 10.0  # a client that stalls its TLS handshake is dropped after this long
 _CHUNK = 65536
 
 
@@ -27,23 +27,28 @@ def run(args: argparse.Namespace) -> int:
     backend = backend_for(args)
     address = backend.parse(args.address)
     _check_certificate_options(args, address)
-    # SIGTERM stops the server as Ctrl-C does: the same clean path out.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with ExitStack() as cleanup:
         context, fingerprint = _server_context(args, backend, cleanup)
+
+        def announce(bound: str) -> None:
+            if fingerprint:
+                bound += f" (self-signed certificate, sha256 fingerprint {fingerprint})"
+            say("serve", f"listening on {bound}")
+
+        if args.echo and not address.transport.datagram:
+            EchoService(backend, address, context, idle_timeout=args.idle_timeout or ECHO_IDLE_TIMEOUT,
+                        max_connections=args.max_connections, max_clients=args.max_clients).run(announce)
+            return 0
+        # SIGTERM stops the server as Ctrl-C does: the same clean path out.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         flags = SERVER_BIND if address.transport.datagram else SERVER_BIND | SERVER_LISTEN
         server = cleanup.enter_context(backend.server(address, flags=flags, context=context))
-        announcement = f"listening on {_bound_address(server)}"
-        if fingerprint:
-            announcement += f" (self-signed certificate, sha256 fingerprint {fingerprint})"
-        say("serve", announcement)
+        announce(_bound_address(server))
         try:
             if address.transport.datagram:
                 _serve_datagrams(server, args.echo, args.max_clients)
-            elif args.echo:
-                EchoService(server).run(args.max_clients)
             else:
-                _serve_one(server)
+                _serve_one(server, args.idle_timeout)
         except KeyboardInterrupt:
             pass  # Ctrl-C or SIGTERM: the usual way to stop a server, not an error
     return 0
@@ -62,22 +67,23 @@ def _check_certificate_options(args: argparse.Namespace, address: Address) -> No
         raise UsageError(f"certificates are for ssl://, tls:// and tlsv1.x:// servers, not {scheme}://")
 
 
-def _server_context(args: argparse.Namespace, backend, cleanup: ExitStack) -> tuple[Context | None, str | None]:
+def _server_context(args: argparse.Namespace, backend, cleanup: ExitStack) -> tuple[Context, str | None]:
     """The server's Context and, for a fresh self-signed certificate, its SHA-256 fingerprint."""
+    sock = {"backlog": args.backlog}
     if args.cert:
         ssl = {"local_cert": args.cert}
         if args.key:
             ssl["local_pk"] = args.key
-        return Context(ssl=ssl), None
+        return Context(ssl=ssl, socket=sock), None
     if not args.self_signed:
-        return None, None
+        return Context(socket=sock), None
     cert_pem, key_pem = backend.self_signed("localhost")
     directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streamsock-serve-"))  # mode 0700
     certfile, keyfile = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     for path, pem in ((certfile, cert_pem), (keyfile, key_pem)):
         with open(path, "w", encoding="ascii") as f:
             f.write(pem)
-    context = Context(ssl={"local_cert": certfile, "local_pk": keyfile})
+    context = Context(ssl={"local_cert": certfile, "local_pk": keyfile}, socket=sock)
     return context, Certificate.from_pem(cert_pem).fingerprint("sha256")
 
 
@@ -100,7 +106,7 @@ def _accept(server: Server) -> tuple[Stream, str] | None:
         return None
 
 
-def _serve_one(server: Server) -> None:
+def _serve_one(server: Server, idle_timeout: float | None) -> None:
     """`nc -l`: the first client's data to stdout, stdin to it."""
     while (client := _accept(server)) is None:
         pass
@@ -108,68 +114,103 @@ def _serve_one(server: Server) -> None:
     server.close()  # one client only: the next ones are refused rather than left waiting
     say("serve", f"connection from {peer}")
     with stream:
-        relay(stream, datagram_idle=0)
+        if not relay(stream, datagram_idle=0, idle_timeout=idle_timeout):
+            say("serve", f"nothing sent or received for {idle_timeout:g} s: closing")
 
 
 class EchoService:
-    """Echoes every client its data, a thread per client, at most
-    _MAX_CONCURRENT_CLIENTS at once."""
+    """Echoes every client its data, all of them on one asyncio loop.
 
-    def __init__(self, server: Server) -> None:
+    Resources stay bounded whatever the clients do: TLS handshakes run
+    concurrently in the acceptor, each within the handshake timeout; a client
+    with nothing sent or received for ``idle_timeout`` seconds is closed; and
+    at ``max_connections`` the client idle longest is closed to make room, so
+    a new client is always served, however many idle ones hold connections.
+    """
+
+    def __init__(self, backend, address: Address, context: Context | None, *, idle_timeout: float,
+                 max_connections: int, max_clients: int | None) -> None:
+        self.backend = backend
+        self.address = address
+        self.context = context
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_clients = max_clients
+        self.clients: collections.OrderedDict[asyncio.Task, None] = collections.OrderedDict()  # idle longest first
+        self.served = 0
+        self.failures_reported = 0
+
+    def run(self, announce) -> None:
+        try:
+            asyncio.run(self._main(announce))
+        except KeyboardInterrupt:
+            pass  # Ctrl-C before the loop had its own handler in place
+
+    async def _main(self, announce) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        self.all_served = asyncio.Event()
+        server = await aio.server(self.address, self._echo, self.context, backend=self.backend,
+                                  handshake_timeout=_HANDSHAKE_TIMEOUT)
         self.server = server
-        self.slots = threading.BoundedSemaphore(_MAX_CONCURRENT_CLIENTS)
-        self.lock = threading.Lock()
-        self.clients: dict[threading.Thread, Stream] = {}
-        self.stopping = False
-
-    def run(self, max_clients: int | None) -> None:
-        served = 0
+        announce(f"{self.address.transport.value}://{server.local_name}" if not self.address.transport.local
+                 else str(self.address))
+        reporter = loop.create_task(self._report_failures(server))
         try:
-            while max_clients is None or served < max_clients:
-                self.slots.acquire()
-                client = _accept(self.server)
-                if client is None:
-                    self.slots.release()
-                    continue
-                served += 1
-                stream, peer = client
-                thread = threading.Thread(target=self._echo, args=(stream, peer), daemon=True,
-                                          name=f"streamsock-serve {peer}")
-                with self.lock:
-                    self.clients[thread] = stream
-                thread.start()
-            self.server.close()  # served enough: later clients are refused
-            for thread in self._threads():
-                thread.join()
+            waits = [loop.create_task(stop.wait()), loop.create_task(self.all_served.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+            server.close()
+            if not stop.is_set():  # served enough: the last clients finish, unless a signal comes first
+                finishing = loop.create_task(server.wait_closed())
+                await asyncio.wait([finishing, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._stop_clients()
+            reporter.cancel()
+            server.close()
+            server.close_clients()
+            await server.wait_closed()
 
-    def _echo(self, stream: Stream, peer: str) -> None:
+    async def _echo(self, stream: aio.AsyncStream) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.served += 1
+        if self.max_clients is not None and self.served >= self.max_clients:
+            self.server.close()  # later clients are refused
+            self.all_served.set()
+        while len(self.clients) >= self.max_connections:
+            oldest, _ = self.clients.popitem(last=False)
+            oldest.cancel()  # its stream is closed as its handler ends
+        self.clients[task] = None
+        peer = stream.peer_name
         try:
-            stream.set_timeout(-1)  # an idle client may stay; stopping the server closes it
-            while data := stream.read(_CHUNK):
-                stream.write(data)
+            while True:
+                async with asyncio.timeout(self.idle_timeout):
+                    data = await stream.read(_CHUNK)
+                if not data:
+                    return
+                self.clients.move_to_end(task)
+                async with asyncio.timeout(self.idle_timeout):  # a client that never reads
+                    await stream.write(data)
+        except TimeoutError:
+            pass  # idle too long: closed
         except StreamSocketError as exc:
-            if not self.stopping:
-                say("serve", f"client {peer}: {exc}")
+            say("serve", f"client {peer}: {exc}")
         finally:
-            stream.close()
-            with self.lock:
-                del self.clients[threading.current_thread()]
-            self.slots.release()
+            self.clients.pop(task, None)
 
-    def _threads(self) -> list[threading.Thread]:
-        with self.lock:
-            return list(self.clients)
-
-    def _stop_clients(self) -> None:
-        self.stopping = True
-        with self.lock:
-            streams = list(self.clients.values())
-        for stream in streams:
-            stream.close()  # from another thread: wakes the client's thread, which then ends
-        for thread in self._threads():
-            thread.join(_JOIN_TIMEOUT)
+    async def _report_failures(self, server: aio.AsyncServer) -> None:
+        """Failed TLS handshakes, told once a second at most."""
+        while True:
+            await asyncio.sleep(1.0)
+            failures = server.handshake_failures
+            if failures > self.failures_reported:
+                new = failures - self.failures_reported
+                self.failures_reported = failures
+                who = "a client" if new == 1 else f"{new} clients"
+                say("serve", f"{who} failed{'' if new == 1 else ', the last'}: {server.last_handshake_error}")
 
 
 def _serve_datagrams(server: Server, echo: bool, max_datagrams: int | None) -> None:

@@ -13,14 +13,18 @@ phase, on an asyncio event loop of its own.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from . import errors as _e
 from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
-from .address import Address, Transport
+from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 from .starttls import PROTOCOLS
 
@@ -63,14 +67,31 @@ class ProbeResult:
     banner: bytes = b""          # the peer's first bytes; with STARTTLS its greeting
     cert_der: bytes | None = None
     chain: tuple[bytes, ...] = field(default_factory=tuple)
+    sni: str | None = None       # the server name sent in the ClientHello (TLS targets)
+    finished_at: float = 0.0     # when the probe ended (seconds since the epoch)
 
     @property
     def cert_sha256(self) -> str | None:
         return hashlib.sha256(self.cert_der).hexdigest() if self.cert_der else None
 
+    @property
+    def timestamp(self) -> str:
+        """When the probe ended, RFC 3339 in UTC with milliseconds."""
+        moment = datetime.datetime.fromtimestamp(self.finished_at, datetime.timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    @property
+    def ip(self) -> str | None:
+        """The IP address connected to (None when no connection was made, or for unix sockets)."""
+        return _split_peer(self.peer)[0]
+
     def to_dict(self) -> dict:
+        address = self.address
+        port = address.port if address is not None and address.port is not None else _split_peer(self.peer)[1]
         return {
-            "index": self.index, "target": self.target, "address": str(self.address) if self.address else None,
+            "timestamp": self.timestamp, "index": self.index, "target": self.target,
+            "address": str(address) if address else None, "host": address.host if address else None,
+            "ip": self.ip, "port": port, "sni": self.sni,
             "ok": self.ok, "error": self.error, "error_class": self.error_class, "errno": self.errno,
             "message": self.message, "peer": self.peer, "tls_version": self.tls_version, "cipher": self.cipher,
             "group": self.group, "alpn": self.alpn, "verify_result": self.verify_result,
@@ -80,9 +101,17 @@ class ProbeResult:
         }
 
 
+def _split_peer(peer: str) -> tuple[str | None, int | None]:
+    """("ip", port) of "ip:port" or "[v6]:port"; (None, None) for "" or a unix path."""
+    host, colon, port = peer.rpartition(":")
+    if not colon or not port.isdigit() or "/" in peer:
+        return None, None
+    return host[1:-1] if host.startswith("[") else host, int(port)
+
+
 def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError, **times) -> ProbeResult:
     return ProbeResult(index, target, address, False, exc.code, type(exc).__name__, exc.errno or 0, str(exc),
-                       verify_result=getattr(exc, "verify_result", 0), **times)
+                       verify_result=getattr(exc, "verify_result", 0), finished_at=time.time(), **times)
 
 
 @dataclass
@@ -129,9 +158,15 @@ class ProbeOptions:
 def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions):
     """(index, text, Address or the AddressError) for each target, lazily."""
     for index, target in enumerate(targets):
-        text = str(target)
+        text = _text_of(target)
         try:
-            address = target if isinstance(target, Address) else backend.parse(target.strip())
+            if isinstance(target, Address):
+                address = target
+            elif isinstance(target, str):
+                address = backend.parse(target.strip())
+            else:
+                raise _e.AddressError(f"a target is a str or an Address, not {type(target).__name__}",
+                                      code="SS_ERR_ADDR_TYPE", address=text, reason="not an address")
             check_transport_available(address, backend)
             if address.port is None and not address.transport.local:
                 raise _e.address_error(_e.ADDR_PORT_MISSING, text, len(text), 0)
@@ -143,12 +178,34 @@ def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions):
         yield index, text, address
 
 
+def _text_of(target: object) -> str:
+    """The target as its record shows it: whatever it is, never an exception."""
+    if isinstance(target, str):
+        return target
+    try:
+        return str(target)
+    except Exception:
+        return f"<unprintable {type(target).__name__}>"
+
+
 def probe(backend, targets: Iterable[str | Address], context: Context | None = None,
           options: ProbeOptions | None = None) -> Iterator[ProbeResult]:
     """Probe every target; yields a ProbeResult per target as it finishes (in
     finishing order; ``index`` says which input it was)."""
     context = context if context is not None else DEFAULT_CONTEXT
-    return _probe(backend, targets, context, options or ProbeOptions())
+    return _owned_by_this_process(_probe(backend, targets, context, options or ProbeOptions()))
+
+
+def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
+    """``results`` while the process is the one that started them: a forked
+    child that goes on gets a clear error (the engine's thread stayed in the
+    parent, and the records in hand are the parent's to report)."""
+    owner = os.getpid()
+    with contextlib.closing(results):
+        for result in results:
+            yield result
+            if os.getpid() != owner:
+                raise _forked(owner)
 
 
 def _tls_for(backend, context: Context, address: Address, options: ProbeOptions):
@@ -160,11 +217,12 @@ def _tls_for(backend, context: Context, address: Address, options: ProbeOptions)
 
 def _probe(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
     engine = backend.engine(options, context)
-    meta: dict[int, tuple[str, Address]] = {}  # the targets handed to the engine, not yet reported
+    meta: dict[int, tuple[str, Address, str | None]] = {}  # the targets handed to the engine, not yet reported
     tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed over ahead of time
     refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
     source = Prefetch(_parsed(backend, targets, options), high_water)
+    owner = os.getpid()
     try:
         while True:
             # Hand over what has arrived, in batches: the engine is topped up once half
@@ -186,23 +244,40 @@ def _probe(backend, targets, context: Context, options: ProbeOptions) -> Iterato
                 except _e.StreamSocketError as exc:
                     yield _failed(index, text, address, exc)
                     continue
-                meta[index] = (text, address)
+                meta[index] = (text, address, _sni_for(context, address, options))
             if not meta:
                 continue
             # While more input may come, return now and then to take it in.
             for record in engine.take(100 if source.exhausted else INPUT_POLL_MS):
-                text, address = meta.pop(record[0])
-                yield _result(record, text, address)
+                text, address, sni = meta.pop(record[0])
+                yield _result(record, text, address, sni)
     finally:
-        source.close()
-        engine.close()
+        if os.getpid() == owner:
+            source.close()
+            engine.close()
+        # In a forked child the engine's and the reader's threads are the parent's:
+        # their locks may be held for good, so their memory is left as it is.
+
+
+def _forked(owner: int) -> _e.StreamSocketError:
+    return _e.error(_e.STATE, f"this probe runs in process {owner}: a forked child cannot go on with it "
+                    "(start a new probe() in the child)")
 
 
 def _ms(value: float) -> float | None:
     return value if value >= 0 else None
 
 
-def _result(record: tuple, text: str, address: Address) -> ProbeResult:
+def _sni_for(context: Context, address: Address, options: ProbeOptions) -> str | None:
+    """The server name the ClientHello carries: none for plaintext, with SNI
+    off, or for an IP address (RFC 6066 names hosts only)."""
+    if not (address.secure or options.starttls) or not context.sni_enabled:
+        return None
+    name = context.peer_name(address)
+    return name if name and ip_literal(name) is None else None
+
+
+def _result(record: tuple, text: str, address: Address, sni: str | None) -> ProbeResult:
     (index, ok, error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused,
      resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs) = record
     error_name = error_class = None
@@ -213,4 +288,5 @@ def _result(record: tuple, text: str, address: Address) -> ProbeResult:
         index, text, address, ok, error_name, error_class, sys_errno, message, peer, protocol or None,
         cipher or None, group or None, alpn or None, verify_result, session_reused, _ms(resolve_ms),
         _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None, tuple(certs),
+        sni, time.time(),
     )

@@ -251,11 +251,24 @@ class Stream(StateViews):
     # -- closing -----------------------------------------------------------------------
 
     def shutdown(self, how: int = SHUT_RDWR) -> None:
-        """PHP's stream_socket_shutdown: SHUT_RD, SHUT_WR or SHUT_RDWR."""
+        """PHP's stream_socket_shutdown: SHUT_RD, SHUT_WR or SHUT_RDWR.
+
+        On a TLS stream, SHUT_WR and SHUT_RDWR send close_notify before the
+        socket's FIN, so the peer reads a clean end of stream rather than a
+        truncation; after SHUT_WR this side still reads until the peer's end.
+        When the socket's send buffer has no room for the alert, this waits
+        for it, at most the stream timeout."""
+        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            raise ValueError(f"how must be one of SHUT_RD, SHUT_WR, or SHUT_RDWR, not {how!r}")
         if not self._enter():
             return
         try:
-            self._st.conn.shutdown(how)
+            conn = self._st.conn
+            deadline = deadline_after(self._timeout)
+            while not conn.shutdown(how):
+                if not _writable(conn.fileno(), time_left(deadline)):
+                    raise _e.error(_e.TIMEOUT, f"shutdown of {self._st.address} timed out after "
+                                   f"{self._timeout:g} s (no room for the TLS close_notify)", 110)
         finally:
             self._leave()
 
@@ -270,10 +283,7 @@ class Stream(StateViews):
             conn = st.conn
             self._close_pending = True
             if conn is not None:
-                try:
-                    conn.shutdown(SHUT_RDWR)
-                except _e.StreamSocketError:
-                    pass
+                conn.interrupt()
             return
         try:
             conn, st.conn = st.conn, None
@@ -484,6 +494,13 @@ def address_for(backend, address: Address | str, needs_port: bool) -> Address:
         text = str(address)
         raise _e.address_error(_e.ADDR_PORT_MISSING, text, len(text), 0)
     return a
+
+
+def _writable(fd: int, timeout: float | None) -> bool:
+    """Waits for room in the socket's send buffer: True, or False when ``timeout`` passed."""
+    poller = _select.poll()
+    poller.register(fd, _select.POLLOUT)
+    return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
 
 
 def client(backend, address: Address | str, timeout: float | None = None, context: Context | None = None,

@@ -173,6 +173,10 @@ static void test_host_port_errors(void)
     CHECK_STR("[::1]:", ERR(SS_ERR_ADDR_PORT_EMPTY, 6, 0), NULL);
     /* A NUL is data, not a terminator: here it is a bad host byte. */
     CHECK_LIT("ab\0:1", ERR(SS_ERR_ADDR_HOST_CHAR, 2, 1), NULL);
+    /* A UTF-16 surrogate in UTF-8 form (how Python hands a lone one over). */
+    CHECK_STR("a\xed\xa0\x80" "b:1", ERR(SS_ERR_ADDR_HOST_CHAR, 1, 3), NULL);
+    CHECK_STR("h\xed\xb3\xbf:1", ERR(SS_ERR_ADDR_HOST_CHAR, 1, 3), NULL);
+    CHECK_STR("\xed\x9f\xbf:1", OK(SS_TRANSPORT_TCP, 0, 3, 1, 0), "\xed\x9f\xbf"); /* U+D7FF is no surrogate */
 
     size_t len;
     char *host = repeat("", 'h', 255, &len);

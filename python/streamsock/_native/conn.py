@@ -248,9 +248,14 @@ class NativeConnection:
         if lib.ss_conn_stop_tls(self._h) < 0:
             self._raise()
 
-    def shutdown(self, how: int) -> None:
-        if lib.ss_conn_shutdown(self._h, how) < 0:
+    def shutdown(self, how: int) -> bool:
+        rc = lib.ss_conn_shutdown(self._h, how)
+        if rc < 0:
             self._raise()
+        return rc == lib.SS_DONE
+
+    def interrupt(self) -> None:
+        lib.ss_conn_interrupt(self._h)
 
     def close(self) -> None:
         lib.ss_conn_close(self._h)

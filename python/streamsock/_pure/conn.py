@@ -485,6 +485,8 @@ class PureConnection:
                 return -rc
         if not len(data):
             return 0
+        if self._ssl is not None and self._shutdown_sent:  # as a plain socket's after shutdown(SHUT_WR)
+            self._fail(_e.SYSTEM, _errno.EPIPE, f"write failed: {os.strerror(_errno.EPIPE)}")
         if self._ssl is None:
             try:
                 return self._sock.send(data)
@@ -604,18 +606,54 @@ class PureConnection:
             raise _e.error(_e.STATE, "cannot disable crypto: TLS is not enabled")
         self.state = "tls_shutdown"
 
-    def shutdown(self, how: int) -> None:
+    def shutdown(self, how: int) -> bool:
+        if self._ssl is not None and self.state == "established" and how != socket.SHUT_RD:
+            # TLS ends its write side with close_notify: a bare FIN would read as a truncation.
+            if not self._shutdown_sent:
+                # Python's shutdown() calls SSL_shutdown twice, and the second
+                # call reads for the peer's close_notify: data already here
+                # would be taken as "application data after close notify".
+                # Plaintext decrypted and not yet read moves to the handback,
+                # records not yet decrypted wait outside OpenSSL meanwhile.
+                try:
+                    if pending := self._ssl.pending():
+                        self._handback += self._ssl.read(pending)
+                except ssl.SSLError as exc:
+                    self._fail_tls(exc, "TLS read failed", None)
+                unread = self._in.read()
+                try:
+                    self._ssl._sslobj.shutdown()  # sends; then says it waits for the peer's
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError as exc:
+                    self._fail_tls(exc, "TLS shutdown failed", None)
+                finally:
+                    self._in.write(unread)
+                self._shutdown_sent = True
+            try:
+                if not self._flush():
+                    return False
+            except OSError as exc:
+                self._socket_failed(exc, "TLS shutdown failed", None)
         try:
             self._sock.shutdown(how)
         except OSError as exc:
             raise _e.error(_e.SYSTEM, f"shutdown failed: {exc.strerror}", exc.errno or 0) from None
+        return True
+
+    def interrupt(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):  # closed meanwhile
+            pass
 
     def close(self) -> None:
         if self._ssl is not None and self.state == "established":
-            try:  # best effort close_notify, as the C core does
-                self._ssl._sslobj.shutdown()
-            except ssl.SSLError:
-                pass
+            if not self._shutdown_sent:
+                try:  # best effort close_notify, as the C core does
+                    self._ssl._sslobj.shutdown()
+                except ssl.SSLError:
+                    pass
             try:
                 self._flush()
             except OSError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import threading
 
 from .. import errors as _e
@@ -27,6 +28,14 @@ from ..starttls import Dialogue
 from .conn import DONE, WANT_READ, PureConnection, open_client
 
 TICKET_WAIT_MIN = 0.050  # seconds, plus twice the handshake: as csrc/engine.c
+# Probes started per loop turn, as csrc/engine.c: the loop polls the sockets
+# in flight between turns, so a flood of targets that fail at once cannot
+# starve the live handshakes.
+STARTS_PER_TURN = 16
+# take() returns once the probes under way have finished too, or this long
+# after the first result (the C engine's batch time): none is left half-done,
+# its clock running, while the caller is away.
+BATCH_WAIT = 0.010
 _NO_TIME = -1.0          # a phase not reached, as the C records say it
 
 
@@ -112,6 +121,8 @@ class Engine:
         self.loop = asyncio.new_event_loop()
         self.tokens_at = self.loop.time()
         self.pump_later: asyncio.TimerHandle | None = None
+        self.pump_next_turn = False  # a _pump is scheduled for the loop's next turn
+        self.draining = False  # take() is about to return: no new probe starts
         self.wakeup: asyncio.Future | None = None
         self.thread: threading.Thread | None = None
         if _running_loop() is not None:  # our loop cannot run inside the caller's
@@ -149,7 +160,16 @@ class Engine:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join()
         else:
-            self.loop.run_until_complete(self._cancel())
+            cancelling = self.loop.create_task(self._cancel())
+            # A take() that Ctrl-C interrupted can leave its run's stop callback
+            # queued: it ends the next run early, so run again (once is enough).
+            for _ in range(3):
+                try:
+                    self.loop.run_until_complete(cancelling)
+                    break
+                except RuntimeError:
+                    if cancelling.done():
+                        raise
         self.loop.close()
 
     # -- scheduling, on the loop ---------------------------------------------------------------
@@ -164,24 +184,45 @@ class Engine:
         try:
             if not self.results:
                 await asyncio.wait([self.wakeup], timeout=timeout)
+            if self.results and self.running:
+                self.draining = True
+                await asyncio.wait(list(self.running), timeout=BATCH_WAIT)
         finally:
             self.wakeup = None
+            self.draining = False
 
     def _pump(self) -> None:
         """Starts queued probes while slots are free, the rate allows and (on a
         thread of its own) the caller keeps taking the results."""
+        if self.draining:
+            return  # take() starts them when it is called again
         if self.pump_later is not None:
             self.pump_later.cancel()
             self.pump_later = None
         backlog = 2 * self.options.concurrency
+        started = 0
         while self.queued and len(self.running) < self.options.concurrency and len(self.results) < backlog:
+            if started == STARTS_PER_TURN:
+                self._pump_next_turn()
+                return
+            started += 1
             wait = self._token_wait()
             if wait:
                 self.pump_later = self.loop.call_later(wait, self._pump)
                 return
-            task = self.loop.create_task(self._probe(*self.queued.popleft()))
+            item = self.queued.popleft()
+            task = self.loop.create_task(self._probe(*item))
             self.running.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, item[0]))
+
+    def _pump_next_turn(self) -> None:
+        if not self.pump_next_turn:
+            self.pump_next_turn = True
+            self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self.pump_next_turn = False
+        self._pump()
 
     def _token_wait(self) -> float:
         """0 when another probe may start now (and takes the token), else seconds to wait."""
@@ -196,24 +237,36 @@ class Engine:
             return 0.0
         return (1 - self.tokens) / rate
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, index: int, task: asyncio.Task) -> None:
         self.running.discard(task)
         if task.cancelled():
             return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, Exception):
+            return  # Ctrl-C or SystemExit inside the probe: already on its way to the caller, who stops us
+        record = task.result() if exc is None else self._crashed(index, task, exc)
         with self.cond:
-            self.results.append(task.result())
+            self.results.append(record)
             self.cond.notify_all()
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
-        self._pump()
+        self._pump_next_turn()  # with the other slots freed this turn: one batch of starts
+
+    def _crashed(self, index: int, task: asyncio.Task, exc: Exception) -> tuple:
+        """The record of a probe that raised what no probe should: a failed
+        record all the same, so the target is reported and the scan goes on."""
+        self.loop.call_exception_handler({"message": "probe failed unexpectedly", "exception": exc, "task": task})
+        return _record(index, _e.error(_e.SYSTEM, f"probe failed unexpectedly: {exc!r}"), (_NO_TIME,) * 4)
 
     async def _cancel(self) -> None:
         self.queued.clear()
         if self.pump_later is not None:
             self.pump_later.cancel()
-        for task in self.running:
+        # Every task of the loop: a wait in take() that an interrupt left behind too.
+        others = [task for task in asyncio.all_tasks(self.loop) if task is not asyncio.current_task()]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self.running, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
 
     # -- one probe ---------------------------------------------------------------------------------
 
