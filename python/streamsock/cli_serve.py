@@ -87,7 +87,7 @@ def _server_context(args: argparse.Namespace, backend, cleanup: ExitStack) -> tu
     return context, Certificate.from_pem(cert_pem).fingerprint("sha256")
 
 
-def _bound_address(server: Server) -> str:
+def _bound_address(server: Server | aio.AsyncServer) -> str:
     """Where clients reach the server: port 0 replaced by the port the system chose."""
     address = server.address
     if address.transport.local:
@@ -138,6 +138,7 @@ class EchoService:
         self.max_clients = max_clients
         self.clients: collections.OrderedDict[asyncio.Task, None] = collections.OrderedDict()  # idle longest first
         self.served = 0
+        self.all_served = asyncio.Event()
         self.failures_reported = 0
 
     def run(self, announce) -> None:
@@ -151,12 +152,10 @@ class EchoService:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        self.all_served = asyncio.Event()
         server = await aio.server(self.address, self._echo, self.context, backend=self.backend,
                                   handshake_timeout=_HANDSHAKE_TIMEOUT)
         self.server = server
-        announce(f"{self.address.transport.value}://{server.local_name}" if not self.address.transport.local
-                 else str(self.address))
+        announce(_bound_address(server))
         reporter = loop.create_task(self._report_failures(server))
         try:
             waits = [loop.create_task(stop.wait()), loop.create_task(self.all_served.wait())]
