@@ -97,6 +97,32 @@ def test_udg_server_recvfrom_and_sendto(backend):
                 assert c.read(100) == b"reply"
 
 
+def test_udp_server_recvfrom_size_zero_is_a_value_error_and_loses_nothing(backend):
+    with backend.server("udp://127.0.0.1:0", flags=ss.SERVER_BIND) as srv:
+        with backend.client(f"udp://{srv.local_name}", timeout=5) as c:
+            c.write(b"kept")
+            with pytest.raises(ValueError, match="size must be an int greater than 0, not 0"):
+                srv.recvfrom(0, timeout=5)
+            data, peer = srv.recvfrom(100, timeout=5)
+            assert data == b"kept"
+            with pytest.raises(ss.AddressError, match='"127.0.0.1": missing port'):
+                srv.sendto(b"nowhere", peer.rsplit(":", 1)[0])  # the peer without its port
+            srv.sendto(b"back", peer)
+            assert c.read(100) == b"back"
+
+
+def test_fsockopen_of_a_unix_path_takes_port_zero(backend):
+    with short_tempdir() as directory:
+        path = os.path.join(directory, "s")
+        with backend.server(f"unix://{path}") as srv, backend.fsockopen(f"unix://{path}", 0, timeout=5) as c:
+            conn, _ = srv.accept(timeout=5)
+            with conn:
+                c.write(b"port zero\n")
+                assert conn.readline() == b"port zero\n"
+        with pytest.raises(ss.AddressError, match="take no port"):
+            backend.fsockopen(f"unix://{path}", 80)
+
+
 def test_udg_client_bindto_path(backend, udg_echo):
     with short_tempdir() as directory:
         mine = os.path.join(directory, "client.dgram")

@@ -223,6 +223,15 @@ def test_shutdown_with_an_invalid_how_is_a_value_error(backend):
             assert s.readline() == b"still open\n"
 
 
+def test_select_with_a_negative_timeout_is_a_value_error(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            with pytest.raises(ValueError, match="timeout must be at least 0"):
+                ss.select([s], [], [], -1)
+            s.write(b"x")
+            assert ss.select([s], [], [], float("inf"))[0] == [s]  # infinity: no limit
+
+
 def test_closed_stream_raises_and_close_is_idempotent(backend):
     with EchoServer() as peer:
         s = backend.client(peer.address, timeout=5)

@@ -336,9 +336,10 @@ def join(parse: Callable[[str], Address], host: str, port: int | None) -> Addres
     """PHP's ``fsockopen(host, port)`` joining, with ``parse`` as the parser.
 
     An IPv6 literal gets its brackets; ``port`` of ``None`` (or PHP's default
-    ``-1``) means the address stands as it is; a host that already names a
-    port, or a unix/udg path, together with a port is an error rather than
-    PHP's silent choice.
+    ``-1``) means the address stands as it is, and so does 0 for a unix/udg
+    path (the manual: a unix socket's port "should be set to 0"); a host that
+    already names a port, or a unix/udg path with any other port, is an error
+    rather than PHP's silent choice.
     """
     address = parse(host)
     if port is None or port == -1:
@@ -346,6 +347,8 @@ def join(parse: Callable[[str], Address], host: str, port: int | None) -> Addres
     if type(port) is not int or not 0 <= port <= 65535:
         raise _port_argument_error(host, port)
     if address[3] is not None:
+        if port == 0:
+            return address
         raise _e.address_error(_e.ADDR_PORT_UNEXPECTED, host, 0, len(host))
     if address[2] is not None:
         colon = host.rfind(":")  # the port already in the text follows its last ':'

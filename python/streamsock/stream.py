@@ -410,7 +410,10 @@ class Server:
             raise
 
     def recvfrom(self, size: int = 65536, timeout: float | None = None) -> tuple[bytes, str]:
-        """One datagram and its sender ("127.0.0.1:5353", "[::1]:53", or a udg path)."""
+        """One datagram and its sender ("127.0.0.1:5353", "[::1]:53", or a udg path).
+        A ``size`` below 1 is a ValueError, as in PHP (it would drop the datagram)."""
+        if type(size) is not int or size < 1:
+            raise ValueError(f"size must be an int greater than 0, not {size!r}")
         conn = self._live()
         seconds = timeout_value(timeout)
         deadline = deadline_after(seconds)
@@ -429,6 +432,8 @@ class Server:
             target = Address(Transport.UDG, path=peer)
         else:
             target = self._backend.parse(f"udp://{peer}")
+            if target.port is None:  # as client() says it, not the kernel's EINVAL
+                raise _e.address_error(_e.ADDR_PORT_MISSING, peer, len(peer), 0)
         n = conn.sendto(data, target)
         if n < 0:
             raise _e.error(_e.SYSTEM, "sendto would block", 11)
@@ -547,7 +552,11 @@ def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | 
     """PHP's stream_select over Streams and Servers: the ready ones of each
     list. Data already buffered (ours or TLS's) counts as readable, as does a
     Server with a connection established and not yet accepted, or one whose
-    acceptor can make progress (a client waiting, a handshake to step)."""
+    acceptor can make progress (a client waiting, a handshake to step).
+    ``timeout`` None (or infinity) waits without limit; a negative one is a
+    ValueError, as in PHP."""
+    if isinstance(timeout, (int, float)) and timeout < 0:
+        raise ValueError(f"timeout must be at least 0, or None for no limit, not {timeout!r}")
     read, write, except_ = list(read), list(write), list(except_)
     ready_read = [s for s in read if (s.buffered() if isinstance(s, Stream) else
                                       isinstance(s, Server) and s._has_ready())]
