@@ -150,3 +150,16 @@ def test_session_stream_resumes_the_earlier_session(backend, pki):
                 greet_and_starttls(second)
                 second.enable_crypto(True, session_stream=first)
                 assert second.tls_info["session_reused"] is True
+
+
+def test_a_plaintext_session_stream_is_refused_clearly(backend, pki):
+    with smtp(pki) as peer:
+        ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        with backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as plaintext, \
+                backend.client(f"tcp://127.0.0.1:{peer.port}", timeout=5, context=ctx) as s:
+            greet_and_starttls(s)
+            with pytest.raises(ValueError, match="session_stream has no TLS session to offer: it is a plaintext stream"):
+                s.enable_crypto(True, session_stream=plaintext)
+            s.enable_crypto(True)  # refused before anything was sent: the upgrade still works
+            s.write(b"EHLO x\r\n")
+            assert s.readline() == b"250 localhost\r\n"

@@ -193,6 +193,9 @@ class StreamState:
             tls = self.backend.tls_context(self.context, server, None, method)
             session = None
             if session_from is not None:
+                if session_from.conn is None or not session_from.conn.is_tls:
+                    raise ValueError("session_stream has no TLS session to offer: it is "
+                                     + ("closed" if session_from.conn is None else "a plaintext stream"))
                 # A resumed session skips certificate checks: only for the same peer.
                 if session_from.context.peer_name(session_from.address) != self.context.peer_name(self.address):
                     raise ValueError("session_stream was made for another peer name")
