@@ -99,6 +99,17 @@ static int bind_local(ss_conn_t *conn, int fd, int family)
     char service[16];
     snprintf(service, sizeof service, "%d", conn->bind_port < 0 ? 0 : conn->bind_port);
     const char *host = conn->bind_host && conn->bind_host[0] ? conn->bind_host : NULL;
+    /* A literal of the other family: its wildcard means any local address, as
+     * PHP has it since bug 74764; any other address of it cannot work. */
+    int other = family == AF_INET ? AF_INET6 : AF_INET;
+    unsigned char literal[sizeof(struct in6_addr)] = {0};
+    if (host && inet_pton(other, host, literal) == 1) {
+        static const unsigned char zeros[sizeof(struct in6_addr)];
+        if (memcmp(literal, zeros, other == AF_INET ? sizeof(struct in_addr) : sizeof(struct in6_addr)) != 0)
+            return ss__fail(&conn->err, SS_ERR_CONNECT, EAFNOSUPPORT, "bindto %s is an %s address and the target is %s",
+                            host, other == AF_INET ? "IPv4" : "IPv6", family == AF_INET ? "IPv4" : "IPv6");
+        host = NULL;
+    }
     int rc = getaddrinfo(host, service, &hints, &ai);
     if (rc != 0)
         return ss__fail(&conn->err, SS_ERR_RESOLVE, 0, "bindto %s failed: %s", host ? host : "*",

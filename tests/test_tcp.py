@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -277,6 +278,19 @@ def test_bindto_sets_the_local_address(backend):
         ctx = ss.Context(socket={"bindto": "127.0.0.2:0", "tcp_nodelay": True})
         with backend.client(peer.address, timeout=5, context=ctx) as s:
             assert s.local_name.startswith("127.0.0.2:")
+
+
+def test_bindto_the_other_familys_wildcard_binds_any_address_and_a_specific_one_is_refused(backend):
+    with EchoServer() as peer:  # an IPv4 target
+        ctx = ss.Context(socket={"bindto": "[::]:0"})
+        with backend.client(peer.address, timeout=5, context=ctx) as s:  # as PHP since bug 74764
+            s.write(b"wildcard\n")
+            assert s.readline() == b"wildcard\n"
+        specific = ss.Context(socket={"bindto": "[::1]:0"})
+        with pytest.raises(ss.ConnectError) as info:
+            backend.client(peer.address, timeout=5, context=specific)
+        assert info.value.errno == errno.EAFNOSUPPORT
+        assert str(info.value).endswith("(bindto ::1 is an IPv6 address and the target is IPv4)")
 
 
 # --- timeouts at the edges: one rule on both backends, checked where given ---------------------

@@ -187,10 +187,10 @@ class PureConnection:
             try:
                 _apply_options(self._context, sock, family, stype)
                 _bind_local(self._context, sock, family, stype)
-            except _e.StreamSocketError:
+            except _e.StreamSocketError as exc:
                 sock.close()
-                self.state = "failed"
-                raise
+                code = _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM)
+                self._fail(code, exc.errno or 0, exc.strerror, context)  # worded as the C core words it
             self._sock = sock
             rc = sock.connect_ex(sockaddr)
             if rc == 0:
@@ -752,6 +752,19 @@ def _bind_local(context, sock: socket.socket, family: int, stype: int) -> None:
     host, port = context.bindto()
     if host is None and port < 0:
         return
+    # A literal of the other family: its wildcard means any local address, as
+    # PHP has it since bug 74764; any other address of it cannot work.
+    other = socket.AF_INET6 if family == socket.AF_INET else socket.AF_INET
+    try:
+        literal = socket.inet_pton(other, host) if host else None
+    except OSError:
+        literal = None
+    if literal is not None:
+        if any(literal):
+            names = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+            raise _e.error(_e.CONNECT, f"bindto {host} is an {names[other]} address and the target is {names[family]}",
+                           _errno.EAFNOSUPPORT)
+        host = None
     try:
         info = socket.getaddrinfo(host, max(port, 0), family, stype, 0, socket.AI_PASSIVE | socket.AI_NUMERICSERV)
         sock.bind(info[0][4])
