@@ -81,6 +81,14 @@ static ss_conn_t *conn_new(const ss_conn_options_t *o, ss_error_info_t *err)
     conn->so_reuseport = o->so_reuseport;
     conn->so_broadcast = o->so_broadcast;
     conn->ipv6_v6only = o->ipv6_v6only;
+    conn->so_reuseaddr = o->so_reuseaddr;
+    conn->so_keepalive = o->so_keepalive;
+    conn->tcp_keepidle = o->tcp_keepidle;
+    conn->tcp_keepintvl = o->tcp_keepintvl;
+    conn->tcp_keepcnt = o->tcp_keepcnt;
+    conn->so_linger = o->so_linger;
+    conn->so_rcvbuf = o->so_rcvbuf;
+    conn->so_sndbuf = o->so_sndbuf;
     conn->host = dup_or_null(o->host);
     conn->peer_name = dup_or_null(o->peer_name);
     conn->bind_host = dup_or_null(o->bind_host);

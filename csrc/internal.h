@@ -233,6 +233,7 @@ struct ss_conn {
     int so_reuseport;
     int so_broadcast;
     int ipv6_v6only;
+    int so_reuseaddr, so_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt, so_linger, so_rcvbuf, so_sndbuf;
     struct addrinfo *ai_list;
     struct addrinfo *ai_next;   /* next address to try */
     int connect_errno;          /* last failure among the addresses tried */

@@ -83,6 +83,24 @@ static int apply_options(ss_conn_t *conn, int fd, int family)
     if (conn->ipv6_v6only >= 0 && family == AF_INET6 &&
         set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, conn->ipv6_v6only) < 0)
         return -1;
+    if (conn->so_reuseaddr && set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, conn->so_reuseaddr > 0) < 0)
+        return -1;
+    if (conn->so_keepalive && set_int_option(fd, SOL_SOCKET, SO_KEEPALIVE, conn->so_keepalive > 0) < 0)
+        return -1;
+    int tcp = conn->socktype == SOCK_STREAM && family != AF_UNIX;
+    if (tcp && ((conn->tcp_keepidle && set_int_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, conn->tcp_keepidle) < 0) ||
+                (conn->tcp_keepintvl && set_int_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, conn->tcp_keepintvl) < 0) ||
+                (conn->tcp_keepcnt && set_int_option(fd, IPPROTO_TCP, TCP_KEEPCNT, conn->tcp_keepcnt) < 0)))
+        return -1;
+    if (conn->so_linger) {
+        struct linger linger = {.l_onoff = 1, .l_linger = conn->so_linger - 1};
+        if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) < 0)
+            return -1;
+    }
+    if (conn->so_rcvbuf && set_int_option(fd, SOL_SOCKET, SO_RCVBUF, conn->so_rcvbuf) < 0)
+        return -1;
+    if (conn->so_sndbuf && set_int_option(fd, SOL_SOCKET, SO_SNDBUF, conn->so_sndbuf) < 0)
+        return -1;
     return 0;
 }
 
@@ -231,7 +249,8 @@ int ss__listen_inet(ss_conn_t *conn)
             continue;
         }
         /* A restarted server must be able to bind while old connections linger. */
-        if (set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1) < 0 || apply_options(conn, fd, ai->ai_family) < 0 ||
+        if ((conn->so_reuseaddr >= 0 && set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1) < 0) ||
+            apply_options(conn, fd, ai->ai_family) < 0 ||
             bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
             (conn->socktype == SOCK_STREAM && listen(fd, conn->backlog) < 0)) {
             last_errno = errno;

@@ -214,6 +214,15 @@ typedef struct ss_conn_options {
     int32_t so_reuseport;
     int32_t so_broadcast;
     int32_t ipv6_v6only;        /* -1: system default */
+    /* PHP's other socket options; 0 leaves each as the system has it. */
+    int32_t so_reuseaddr;       /* 1: on, -1: off (servers turn it on unless off) */
+    int32_t so_keepalive;       /* 1: on, -1: off */
+    int32_t tcp_keepidle;       /* seconds */
+    int32_t tcp_keepintvl;      /* seconds */
+    int32_t tcp_keepcnt;
+    int32_t so_linger;          /* 1 + the linger seconds: 1 is linger 0 (close resets) */
+    int32_t so_rcvbuf;          /* bytes */
+    int32_t so_sndbuf;          /* bytes */
 } ss_conn_options_t;
 
 typedef struct ss_conn ss_conn_t;

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 import threading
 import time
 
@@ -336,3 +338,35 @@ def test_integers_out_of_range_are_refused_by_the_context():
     with pytest.raises(TypeError, match="backlog"):
         ss.Context(socket={"backlog": 2**40})
     assert ss.Context(socket={"backlog": 2**31 - 1}).socket["backlog"] == 2**31 - 1
+
+
+def _option(fd: int, level: int, name: int, size: int = 0):
+    with socket.socket(fileno=os.dup(fd)) as view:
+        return view.getsockopt(level, name, size) if size else view.getsockopt(level, name)
+
+
+def test_php_socket_options_reach_the_socket(backend):
+    """so_keepalive, tcp_keepidle/intvl/cnt, so_linger, so_rcvbuf/so_sndbuf and
+    so_reuseaddr, read back from the kernel, on a client and on a server."""
+    options = {"so_keepalive": True, "tcp_keepidle": 30, "tcp_keepintvl": 7, "tcp_keepcnt": 3, "so_linger": 2,
+               "so_rcvbuf": 65536, "so_sndbuf": 32768, "so_reuseaddr": True}
+    ctx = ss.Context(socket=options)
+    with EchoServer() as peer, backend.client(peer.address, timeout=5, context=ctx) as s:
+        fd = s.fileno()
+        assert _option(fd, socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert [_option(fd, socket.IPPROTO_TCP, name) for name in
+                (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)] == [30, 7, 3]
+        assert struct.unpack("ii", _option(fd, socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 2)
+        assert _option(fd, socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 65536  # Linux doubles what it is given
+        assert _option(fd, socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 32768
+        assert _option(fd, socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        s.write(b"options\n")
+        assert s.readline() == b"options\n"
+    no_reuse = ss.Context(socket={"so_reuseaddr": False})
+    with backend.server("tcp://127.0.0.1:0", context=no_reuse) as srv, backend.server("tcp://127.0.0.1:0") as default:
+        assert _option(srv.fileno(), socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+        assert _option(default.fileno(), socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1  # a server's default
+    with pytest.raises(TypeError, match="tcp_keepcnt"):
+        ss.Context(socket={"tcp_keepcnt": 0})
+    with pytest.raises(ValueError, match="unknown socket context option 'so_keepalivee'"):
+        ss.Context(socket={"so_keepalivee": True})

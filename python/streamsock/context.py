@@ -138,6 +138,14 @@ _SOCKET_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "so_reuseport": (_is_bool, "bool"),
     "so_broadcast": (_is_bool, "bool"),
     "tcp_nodelay": (_is_bool, "bool"),
+    "so_reuseaddr": (_is_bool, "bool"),
+    "so_keepalive": (_is_bool, "bool"),
+    "tcp_keepidle": (lambda v: _is_int(v) and 1 <= v <= 32767, "int 1-32767 (seconds)"),
+    "tcp_keepintvl": (lambda v: _is_int(v) and 1 <= v <= 32767, "int 1-32767 (seconds)"),
+    "tcp_keepcnt": (lambda v: _is_int(v) and 1 <= v <= 127, "int 1-127"),
+    "so_linger": (lambda v: _is_int(v) and 0 <= v <= 65535, "int 0-65535 (seconds; 0: close resets)"),
+    "so_rcvbuf": (lambda v: _is_int(v) and 1 <= v <= _INT32_MAX // 2, "int 1-1073741823 (bytes)"),
+    "so_sndbuf": (lambda v: _is_int(v) and 1 <= v <= _INT32_MAX // 2, "int 1-1073741823 (bytes)"),
 }
 
 

@@ -51,6 +51,12 @@ def _conn_options(address: Address, context, tls, s: Strings):
     o.so_reuseport = so.get("so_reuseport", False)
     o.so_broadcast = so.get("so_broadcast", False)
     o.ipv6_v6only = int(so["ipv6_v6only"]) if "ipv6_v6only" in so else -1
+    for flag in ("so_reuseaddr", "so_keepalive"):
+        if flag in so:
+            setattr(o, flag, 1 if so[flag] else -1)
+    for count in ("tcp_keepidle", "tcp_keepintvl", "tcp_keepcnt", "so_rcvbuf", "so_sndbuf"):
+        setattr(o, count, so.get(count, 0))
+    o.so_linger = so["so_linger"] + 1 if "so_linger" in so else 0
     return o
 
 

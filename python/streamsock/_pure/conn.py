@@ -23,6 +23,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import sys
 import termios
 
@@ -744,6 +745,19 @@ def _apply_options(context, sock: socket.socket, family: int, stype: int) -> Non
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if "ipv6_v6only" in so and family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(so["ipv6_v6only"]))
+        for name, option in (("so_reuseaddr", socket.SO_REUSEADDR), ("so_keepalive", socket.SO_KEEPALIVE)):
+            if name in so:
+                sock.setsockopt(socket.SOL_SOCKET, option, int(so[name]))
+        if stype == socket.SOCK_STREAM and family != socket.AF_UNIX:
+            for name, option in (("tcp_keepidle", socket.TCP_KEEPIDLE), ("tcp_keepintvl", socket.TCP_KEEPINTVL),
+                                 ("tcp_keepcnt", socket.TCP_KEEPCNT)):
+                if name in so:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, so[name])
+        if "so_linger" in so:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, so["so_linger"]))
+        for name, option in (("so_rcvbuf", socket.SO_RCVBUF), ("so_sndbuf", socket.SO_SNDBUF)):
+            if name in so:
+                sock.setsockopt(socket.SOL_SOCKET, option, so[name])
     except OSError as exc:
         raise _e.error(_e.SYSTEM, f"setsockopt failed: {exc.strerror}", exc.errno or 0) from None
 
