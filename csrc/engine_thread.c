@@ -116,8 +116,10 @@ static void *drive(void *arg)
         adding = swap;
         adding_cap = swap_cap;
         int nothing_to_drive = n == 0 && ss_engine_pending(t->engine) == 0;
-        /* take() makes room for a batch that is full or would wait for nothing else. */
-        t->held_back = t->filling->count && (batch_full(t->filling) || nothing_to_drive);
+        /* Records that could not be published wait for take() to make room, and
+         * take() then wakes us: the engine's next run may otherwise sleep until
+         * a deadline far off (a hanging lookup) with them unpublished. */
+        t->held_back = t->filling->count != 0;
         t->starving = ss__engine_queued(t->engine) == 0;
         if (nothing_to_drive) {
             if (published)
