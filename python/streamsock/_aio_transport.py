@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from . import errors as _e
 from ._state import StreamState
+from .address import split_host_port
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 READ_MAX = 262144      # bytes taken from the connection per readiness event at most
@@ -27,10 +28,7 @@ _LOW_WATER = 16384
 
 def _host_port(name: str) -> tuple[str, int] | str:
     """"127.0.0.1:80" / "[::1]:80" as asyncio reports peers, a unix path as it is."""
-    host, sep, port = name.rpartition(":")
-    if not sep or not port.isdigit():
-        return name
-    return (host[1:-1] if host.startswith("[") else host), int(port)
+    return split_host_port(name) or name
 
 
 class StreamTransport(asyncio.Transport):

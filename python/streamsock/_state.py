@@ -29,6 +29,12 @@ STREAM_TYPES = {
 }
 
 
+def check_shutdown_how(how: object) -> None:
+    """shutdown()'s ``how`` for both drivers: SHUT_RD, SHUT_WR or SHUT_RDWR (0-2), else a ValueError as in PHP."""
+    if how not in (0, 1, 2):
+        raise ValueError(f"how must be one of SHUT_RD, SHUT_WR, or SHUT_RDWR, not {how!r}")
+
+
 def line_end(buf: bytearray, start: int, limit: int) -> int:
     """Where the first line in ``buf`` ends (after its b"\\n", or at ``limit``
     when that comes first), or -1 when more data is needed. ``start``: where

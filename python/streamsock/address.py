@@ -332,6 +332,15 @@ def _path(transport: Transport, text: str, start: int) -> Address:
     return _new(Address, (transport, None, None, path))
 
 
+def split_host_port(name: str) -> tuple[str, int] | None:
+    """("host", port) of a socket name "127.0.0.1:80" or "[::1]:80"; None when
+    it ends in no port (a unix path, "")."""
+    host, sep, port = name.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return (host[1:-1] if host.startswith("[") else host), int(port)
+
+
 def join(parse: Callable[[str], Address], host: str, port: int | None) -> Address:
     """PHP's ``fsockopen(host, port)`` joining, with ``parse`` as the parser.
 

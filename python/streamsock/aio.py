@@ -42,7 +42,7 @@ from . import stream as _stream
 from ._aio_transport import StreamTransport
 from ._deadline import limit_of
 from ._resolve import resolve
-from ._state import CHUNK, READ_CAP, StateViews, StreamState
+from ._state import CHUNK, READ_CAP, StateViews, StreamState, check_shutdown_how
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
@@ -382,8 +382,7 @@ class AsyncStream(StateViews):
         and SHUT_RDWR send close_notify first, as :meth:`Stream.shutdown`
         does; when the socket has no room for it yet, it goes out (then the
         FIN) as soon as there is."""
-        if how not in (_stream.SHUT_RD, _stream.SHUT_WR, _stream.SHUT_RDWR):
-            raise ValueError(f"how must be one of SHUT_RD, SHUT_WR, or SHUT_RDWR, not {how!r}")
+        check_shutdown_how(how)
         conn = self._st.live()
         if not conn.shutdown(how) and self._shutdown_task is None:
             self._shutdown_task = self._loop.create_task(self._finish_shutdown(conn, how))

@@ -85,8 +85,8 @@ def _count_targets(addresses: list[str], files: list) -> int | None:
     for f in files:
         if not isinstance(f.name, str) or not os.path.isfile(f.name):  # stdin's name is its descriptor
             return None
-        with open(f.name, "rb") as again:
-            total += sum(1 for line in again if (text := line.strip()) and not text.startswith(b"#"))
+        again = open(f.name, encoding="utf-8", errors="surrogateescape")
+        total += sum(1 for _ in read_lines(again, comments=True))  # the rule the probe reads them by
     return total
 
 
@@ -136,7 +136,7 @@ def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult],
     out.reconfigure(line_buffering=True)
     try:
         if kind == "csv":
-            if out.tell() == 0 if out is not sys.stdout else True:
+            if out is sys.stdout or out.tell() == 0:  # a file appended to has its header
                 out.write(",".join(_CSV_FIELDS) + "\r\n")
             yield lambda result: out.write(_csv_line(result))
         elif kind == "jsonl":

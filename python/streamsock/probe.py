@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from . import errors as _e
 from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
-from .address import Address, Transport, ip_literal
+from .address import Address, Transport, ip_literal, split_host_port
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 from .starttls import PROTOCOLS
 
@@ -103,10 +103,8 @@ class ProbeResult:
 
 def _split_peer(peer: str) -> tuple[str | None, int | None]:
     """("ip", port) of "ip:port" or "[v6]:port"; (None, None) for "" or a unix path."""
-    host, colon, port = peer.rpartition(":")
-    if not colon or not port.isdigit() or "/" in peer:
-        return None, None
-    return host[1:-1] if host.startswith("[") else host, int(port)
+    split = split_host_port(peer) if "/" not in peer else None
+    return split if split is not None else (None, None)
 
 
 def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError, **times) -> ProbeResult:

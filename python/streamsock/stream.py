@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from . import errors as _e
 from ._deadline import deadline_after, limit_of, time_left
-from ._state import CHUNK, READ_CAP, StateViews, StreamState
+from ._state import CHUNK, READ_CAP, StateViews, StreamState, check_shutdown_how
 from .address import Address, Transport
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 
@@ -258,15 +258,14 @@ class Stream(StateViews):
         truncation; after SHUT_WR this side still reads until the peer's end.
         When the socket's send buffer has no room for the alert, this waits
         for it, at most the stream timeout."""
-        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
-            raise ValueError(f"how must be one of SHUT_RD, SHUT_WR, or SHUT_RDWR, not {how!r}")
+        check_shutdown_how(how)
         if not self._enter():
             return
         try:
             conn = self._st.conn
             deadline = deadline_after(self._timeout)
             while not conn.shutdown(how):
-                if not _writable(conn.fileno(), time_left(deadline)):
+                if not conn.wait(WANT_WRITE, time_left(deadline)):
                     raise _e.error(_e.TIMEOUT, f"shutdown of {self._st.address} timed out after "
                                    f"{self._timeout:g} s (no room for the TLS close_notify)", 110)
         finally:
@@ -499,13 +498,6 @@ def address_for(backend, address: Address | str, needs_port: bool) -> Address:
         text = str(address)
         raise _e.address_error(_e.ADDR_PORT_MISSING, text, len(text), 0)
     return a
-
-
-def _writable(fd: int, timeout: float | None) -> bool:
-    """Waits for room in the socket's send buffer: True, or False when ``timeout`` passed."""
-    poller = _select.poll()
-    poller.register(fd, _select.POLLOUT)
-    return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
 
 
 def client(backend, address: Address | str, timeout: float | None = None, context: Context | None = None,
