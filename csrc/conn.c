@@ -189,8 +189,16 @@ ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const c
                            ss_error_info_t *err)
 {
     ss__fail(err, SS_OK, 0, "%s", "");
-    if (fd < 0 || ss_transport_name(transport) == NULL || socktype_of(transport) != SOCK_STREAM) {
-        ss__fail(err, SS_ERR_STATE, EINVAL, "ss_conn_from_fd needs a connected stream socket");
+    /* The socket's own type decides how it is read (a unix socketpair may be
+     * a stream, datagram or seqpacket socket); the transport must agree. */
+    int socktype = 0;
+    socklen_t size = sizeof socktype;
+    if (fd < 0 || ss_transport_name(transport) == NULL ||
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &socktype, &size) < 0 ||
+        (socktype == SOCK_DGRAM) != (socktype_of(transport) == SOCK_DGRAM) ||
+        (socktype != SOCK_STREAM && socktype != SOCK_DGRAM && socktype != SOCK_SEQPACKET) ||
+        (tls && (socktype != SOCK_STREAM || is_local(transport)))) {
+        ss__fail(err, SS_ERR_STATE, EINVAL, "ss_conn_from_fd needs a connected socket of the transport's type");
         return NULL;
     }
     if (ss__set_nonblocking(fd) < 0) {
@@ -205,7 +213,7 @@ ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const c
     }
     conn->fd = fd;
     conn->transport = transport;
-    conn->socktype = SOCK_STREAM;
+    conn->socktype = socktype == SOCK_DGRAM ? SOCK_DGRAM : SOCK_STREAM; /* seqpacket closes as a stream */
     conn->accepted = tls && tls->server;
     conn->ipv6_v6only = -1;
     conn->bind_port = -1;
@@ -626,6 +634,54 @@ int64_t ss_conn_sendto(ss_conn_t *conn, const char *buf, size_t len, const char 
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return SS_IO_WANT_WRITE;
         return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "sendto failed: %s", strerror(errno));
+    }
+    return n;
+}
+
+/* Urgent data of a connected stream socket: TLS has no such thing (the byte
+ * would bypass the record layer), so a TLS conn refuses. */
+static int64_t oob_check(ss_conn_t *conn)
+{
+    if (conn->fd < 0)
+        return ss__fail(&conn->err, SS_ERR_CLOSED, 0, "%s", ss_error_message(SS_ERR_CLOSED));
+    if (conn->ssl)
+        return ss__fail(&conn->err, SS_ERR_UNSUPPORTED, EOPNOTSUPP,
+                        "out-of-band data cannot be sent or received on a TLS stream");
+    return SS_OK;
+}
+
+int64_t ss_conn_recv_oob(ss_conn_t *conn, char *buf, size_t len)
+{
+    int64_t rc = oob_check(conn);
+    if (rc != SS_OK)
+        return rc;
+    ssize_t n;
+    do
+        n = recv(conn->fd, buf, len, MSG_OOB);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) /* announced, not yet arrived */
+            return SS_IO_WANT_READ;
+        if (errno == EINVAL) /* none pending, or read already: an answer, not a failure of the conn */
+            return ss__fail(&conn->err, SS_ERR_SYSTEM, EINVAL, "no out-of-band data is pending");
+        return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "recv(MSG_OOB) failed: %s", strerror(errno));
+    }
+    return n;
+}
+
+int64_t ss_conn_send_oob(ss_conn_t *conn, const char *buf, size_t len)
+{
+    int64_t rc = oob_check(conn);
+    if (rc != SS_OK)
+        return rc;
+    ssize_t n;
+    do
+        n = send(conn->fd, buf, len, MSG_OOB | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return SS_IO_WANT_WRITE;
+        return ss__fail(&conn->err, SS_ERR_SYSTEM, errno, "send(MSG_OOB) failed: %s", strerror(errno));
     }
     return n;
 }

@@ -240,10 +240,12 @@ ss_conn_t *ss_conn_server(const ss_conn_options_t *opts, ss_error_info_t *err);
  * or NULL with err->code SS_OK when none is waiting, or NULL with an error. */
 ss_conn_t *ss_conn_accept(ss_conn_t *listener, ss_error_info_t *err);
 
-/* Adopts an already connected stream socket (the conn owns fd from now on,
- * and makes it non-blocking): SS_STATE_ESTABLISHED in plaintext, or
- * SS_STATE_HANDSHAKING when tls is given (its role decides client or
- * server). peer_name is the client's name to verify and send as SNI. */
+/* Adopts an already connected socket (the conn owns fd from now on, and
+ * makes it non-blocking): a stream (tcp, unix; a unix seqpacket socket too)
+ * or datagram (udp, udg) socket, as the transport says and the socket's own
+ * type agrees; SS_STATE_ESTABLISHED in plaintext, or SS_STATE_HANDSHAKING
+ * when tls is given (tcp only; its role decides client or server).
+ * peer_name is the client's name to verify and send as SNI. */
 ss_conn_t *ss_conn_from_fd(int fd, int32_t transport, ss_tls_ctx_t *tls, const char *peer_name,
                            ss_error_info_t *err);
 
@@ -297,6 +299,14 @@ int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, siz
                          uint32_t *peer_len);
 int64_t ss_conn_sendto(ss_conn_t *conn, const char *buf, size_t len, const char *host, int32_t port,
                        const char *path, uint32_t path_len);
+
+/* TCP urgent data (MSG_OOB) on a connected stream: receive the pending
+ * urgent byte (SS_IO_WANT_READ when announced and not yet arrived, an
+ * SS_ERR_SYSTEM error with EINVAL when none is pending), or send len bytes
+ * whose last is urgent. SS_ERR_UNSUPPORTED on a TLS conn. Neither error
+ * sticks: the conn stays usable. */
+int64_t ss_conn_recv_oob(ss_conn_t *conn, char *buf, size_t len);
+int64_t ss_conn_send_oob(ss_conn_t *conn, const char *buf, size_t len);
 
 /* STARTTLS: begins a TLS handshake on an established plaintext stream
  * (state -> HANDSHAKING; drive it with step/run). A client refuses with

@@ -49,11 +49,26 @@ from .stream import (
     CLIENT_ASYNC_CONNECT,
     CLIENT_CONNECT,
     CLIENT_PERSISTENT,
+    IPPROTO_ICMP,
+    IPPROTO_IP,
+    IPPROTO_RAW,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    OOB,
+    PEEK,
+    PF_INET,
+    PF_INET6,
+    PF_UNIX,
     SERVER_BIND,
     SERVER_LISTEN,
     SHUT_RD,
     SHUT_RDWR,
     SHUT_WR,
+    SOCK_DGRAM,
+    SOCK_RAW,
+    SOCK_RDM,
+    SOCK_SEQPACKET,
+    SOCK_STREAM,
     Server,
     Stream,
     select,
@@ -86,6 +101,7 @@ __all__ = [
     "fsockopen",
     "select",
     "server",
+    "socket_pair",
     "Address",
     "AddressBatch",
     "AddressError",
@@ -108,7 +124,9 @@ __all__ = [
     "ProbeResult",
 ]
 
-__all__ += sorted(name for name in dir() if name.startswith(("CRYPTO_METHOD_", "CRYPTO_PROTO_")))
+__all__ += sorted(name for name in dir() if name.startswith(("CRYPTO_METHOD_", "CRYPTO_PROTO_", "PF_", "SOCK_",
+                                                             "IPPROTO_")))
+__all__ += ["OOB", "PEEK"]
 
 _active = _backend.select()
 
@@ -168,6 +186,14 @@ def fsockopen(host: str, port: int | None = None, timeout: float | None = None,
               context: Context | None = None) -> Stream:
     """PHP's ``fsockopen(host, port)``: ``fsockopen("ssl://example.com", 443)``."""
     return _active.fsockopen(host, port, timeout, context)
+
+
+def socket_pair(domain: int = PF_UNIX, type: int = SOCK_STREAM, protocol: int = IPPROTO_IP) -> tuple[Stream, Stream]:
+    """PHP's ``stream_socket_pair``: two connected Streams, each the other's
+    peer (``socket_pair()``: unix stream sockets; ``SOCK_DGRAM`` keeps
+    message boundaries). A domain or type the system refuses (Linux makes
+    pairs of unix sockets only) raises StreamSocketError with its errno."""
+    return _active.socket_pair(domain, type, protocol)
 
 
 def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,

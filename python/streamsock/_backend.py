@@ -61,6 +61,8 @@ class Connection(Protocol):
     def write_wait(self, data: Any, timeout: float | None) -> int: ...
     def recvfrom(self, size: int) -> tuple[bytes, str] | int: ...
     def sendto(self, data: Any, address: Address) -> int: ...
+    def recv_oob(self, size: int) -> bytes | int: ...  # TCP urgent data; TLS refuses
+    def send_oob(self, data: Any) -> int: ...
     def accept(self) -> "Connection | None": ...
     def start_tls(self, tls: Any, peer_name: str | None, verify_peer_name: bool, sni_enabled: bool,
                   session_from: Any = None) -> None: ...
@@ -125,6 +127,7 @@ class BackendModule(Protocol):
     def compile_tls(self, settings: TLSSettings) -> Any: ...
     def open_client(self, address: Address, context: Context, tls: Any) -> Connection: ...
     def open_server(self, address: Address, context: Context, tls: Any) -> Connection: ...
+    def adopt(self, fd: int, address: Address) -> Connection: ...  # owns fd from now on
     def self_signed(self, name: str, days: int) -> tuple[str, str]: ...
 
 
@@ -169,6 +172,7 @@ class Backend:
         self.parse_batch = module.parse_batch
         self.open_client = module.open_client
         self.open_server = module.open_server
+        self.adopt = module.adopt
         self._module = module
         self._tls_by_use: dict[tuple, Any] = {}
         self._tls_by_settings: dict[TLSSettings, Any] = {}
@@ -220,6 +224,11 @@ class Backend:
                   context: Context | None = None) -> _stream.Stream:
         """PHP's fsockopen; see :func:`streamsock.fsockopen`."""
         return _stream.fsockopen(self, host, port, timeout, context)
+
+    def socket_pair(self, domain: int = _stream.PF_UNIX, type: int = _stream.SOCK_STREAM,
+                    protocol: int = _stream.IPPROTO_IP) -> tuple[_stream.Stream, _stream.Stream]:
+        """PHP's stream_socket_pair; see :func:`streamsock.socket_pair`."""
+        return _stream.socket_pair(self, domain, type, protocol)
 
     def server(self, address: Address | str, flags: int = _stream.SERVER_BIND | _stream.SERVER_LISTEN,
                context: Context | None = None, *, handshake_timeout: float | None = None) -> _stream.Server:

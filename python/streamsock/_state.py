@@ -49,7 +49,7 @@ class StreamState:
     """One stream's state; see the module's docstring."""
 
     __slots__ = ("conn", "backend", "address", "context", "server_side", "head", "rest", "scanned", "eof",
-                 "datagram", "timed_out", "ready", "pending_context", "peer_certificate", "peer_certificate_chain")
+                 "datagram", "timed_out", "ready", "pending_context", "peer_certificate", "peer_certificate_chain", "uri", "generic")
 
     def __init__(self, conn: Any, backend: Any, address: Address, context: Context, *, server_side: bool = False,
                  ready: bool = True) -> None:
@@ -68,6 +68,8 @@ class StreamState:
         self.pending_context: Any = ("Unable to connect to", address)
         self.peer_certificate = None
         self.peer_certificate_chain = None
+        self.uri = None if server_side else str(address)  # meta["uri"]: what a client stream connected to
+        self.generic = False              # a socket_pair() end: PHP's "generic_socket"
 
     def live(self) -> Any:
         """The connection, or ClosedError."""
@@ -116,6 +118,16 @@ class StreamState:
                 self.eof = False
             return b""
         return None
+
+    def peek_now(self, size: int) -> bytes | None:
+        """Up to ``size`` buffered bytes, left in the buffer; ``b""`` at the
+        end of the stream; None when the buffer is empty."""
+        head = self.head
+        if head:
+            return head if len(head) <= size else head[:size]
+        if self.rest:
+            return bytes(self.rest[:size])
+        return b"" if self.eof else None
 
     def line_now(self, limit: int) -> bytes | None:
         """One buffered line, its b"\\n" included, at most ``limit`` bytes (-1:
@@ -238,11 +250,14 @@ class StreamState:
             "timed_out": self.timed_out,
             "blocked": blocking,
             "eof": self.eof and not unread,
-            "stream_type": STREAM_TYPES.get(self.address.transport, "tcp_socket/ssl"),
+            "stream_type": "generic_socket" if self.generic else STREAM_TYPES.get(self.address.transport,
+                                                                                    "tcp_socket/ssl"),
             "mode": "r+",
             "unread_bytes": unread,
             "seekable": False,
         }
+        if self.uri is not None:
+            meta["uri"] = self.uri
         crypto = self.crypto()
         if crypto is not None:
             meta["crypto"] = crypto

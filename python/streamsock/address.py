@@ -332,6 +332,12 @@ def _path(transport: Transport, text: str, start: int) -> Address:
     return _new(Address, (transport, None, None, path))
 
 
+def unnamed(transport: Transport) -> Address:
+    """The address of an unnamed unix or udg socket (a socketpair's end):
+    ``unix://`` with an empty path, which no parse makes."""
+    return _new(Address, (transport, None, None, ""))
+
+
 def split_host_port(name: str) -> tuple[str, int] | None:
     """("host", port) of a socket name "127.0.0.1:80" or "[::1]:80"; None when
     it ends in no port (a unix path, "")."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import math
 import select as _select
+import socket as _socket
 import threading
 from typing import Any, Iterable, Iterator
 
@@ -30,6 +31,12 @@ CLIENT_CONNECT = 4
 SERVER_BIND = 4
 SERVER_LISTEN = 8
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
+# ... for stream_socket_recvfrom / sendto (STREAM_OOB, STREAM_PEEK) ...
+OOB, PEEK = 1, 2
+# ... and stream_socket_pair (STREAM_PF_*, STREAM_SOCK_*, STREAM_IPPROTO_*: the Linux values).
+PF_UNIX, PF_INET, PF_INET6 = 1, 2, 10
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_RDM, SOCK_SEQPACKET = 1, 2, 3, 4, 5
+IPPROTO_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_RAW = 0, 1, 6, 17, 255
 
 _READ_ALL_CHUNK = 65536  # read(-1) gathers the stream in chunks of this size
 
@@ -200,6 +207,74 @@ class Stream(StateViews):
                 exc.written = total  # type: ignore[attr-defined]
                 raise exc
             return total
+        finally:
+            self._leave()
+
+    # -- recvfrom / sendto -------------------------------------------------------------
+
+    def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, str] | None:
+        """PHP's stream_socket_recvfrom on a connected stream: up to ``size``
+        bytes and the peer's name (``b""`` at end of stream; None when
+        non-blocking and nothing is there).
+
+        ``flags=PEEK`` leaves the bytes to be read again: what is buffered,
+        else what one read brings (plaintext on TLS, where PHP hands back
+        ciphertext). ``flags=OOB`` takes TCP's pending urgent byte (wait for
+        it with ``select`` on the except list; a TLS stream refuses, since
+        the byte would bypass TLS). Reads without flags are ``read``'s."""
+        if type(size) is not int or size < 1:
+            raise ValueError(f"size must be an int greater than 0, not {size!r}")
+        check_recv_flags(flags)
+        if not self._enter():
+            return None
+        try:
+            st = self._st
+            if flags & OOB:
+                data = self._recv_oob(size)
+            else:
+                now = st.peek_now if flags & PEEK else st.read_now
+                while (data := now(size)) is None:
+                    more = self._recv(CHUNK if size < CHUNK else size if size < READ_CAP else READ_CAP)
+                    if more is None:
+                        return None
+                    st.feed(more)
+            return None if data is None else (data, st.conn.name(True))
+        finally:
+            self._leave()
+
+    def _recv_oob(self, size: int) -> bytes | None:
+        conn = self._st.conn
+        deadline = deadline_after(self._timeout if self._blocking else 0)
+        while type(data := conn.recv_oob(size)) is not bytes:
+            if not self._blocking:
+                return None
+            remaining = time_left(deadline)  # urgent data wakes POLLPRI, not POLLIN
+            if remaining == 0 or not _select.select([], [], [conn.fileno()], remaining)[2]:
+                self._st.timed_out = True
+                raise _e.error(_e.TIMEOUT, f"recvfrom on {self._st.address} timed out after {self._timeout:g} s", 110)
+        return data
+
+    def sendto(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        """PHP's stream_socket_sendto on a connected stream (to its peer; a
+        connected stream takes no address). ``flags=OOB`` sends ``data`` as
+        TCP urgent data (its last byte is the urgent one; not on TLS) and
+        returns what the socket took; without flags it is ``write``."""
+        if flags not in (0, OOB):
+            raise ValueError(f"flags must be 0 or OOB, not {flags!r}")
+        if not flags:
+            return self.write(data)
+        if not self._enter():
+            return 0
+        try:
+            conn = self._st.conn
+            deadline = deadline_after(self._timeout if self._blocking else 0)
+            while (n := conn.send_oob(data)) < 0:
+                if not self._blocking:
+                    return 0
+                if not conn.wait(-n, time_left(deadline)):
+                    self._st.timed_out = True
+                    raise _e.error(_e.TIMEOUT, f"sendto on {self._st.address} timed out after {self._timeout:g} s", 110)
+            return n
         finally:
             self._leave()
 
@@ -524,7 +599,12 @@ def client(backend, address: Address | str, timeout: float | None = None, contex
 
 def fsockopen(backend, host: str, port: int | None = None, timeout: float | None = None,
               context: Context | None = None) -> Stream:
-    """PHP's fsockopen: host and port apart (an IPv6 literal is bracketed for you)."""
+    """PHP's fsockopen: host and port apart (an IPv6 literal is bracketed for
+    you). ``timeout``: None (the default), at least 0, or -1 for no limit;
+    other negative values are a ValueError (PHP waits forever or fails with
+    EINVAL, as the platform's poll takes them)."""
+    if isinstance(timeout, (int, float)) and timeout < 0 and timeout != -1:
+        raise ValueError(f"timeout must be at least 0, -1 (no limit) or None, not {timeout!r}")
     return client(backend, backend.join(host, port), timeout=timeout, context=context)
 
 
@@ -538,6 +618,50 @@ def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LI
     tls = backend.tls_context(ctx, True, a.transport) if a.secure else None
     conn = backend.open_server(a, ctx, tls)
     return Server(conn, backend, a, ctx, handshake_timeout)
+
+
+def check_recv_flags(flags: object) -> None:
+    """recvfrom's flags: 0, PEEK or OOB (PHP's STREAM_PEEK, STREAM_OOB)."""
+    if flags not in (0, OOB, PEEK):
+        raise ValueError(f"flags must be 0, PEEK or OOB, not {flags!r}")
+
+
+def _pair_address(socktype: int) -> Address:
+    """The address a socket_pair() end reports: unix, or udg for datagrams, with no path."""
+    from .address import unnamed
+
+    return unnamed(Transport.UDG if socktype == _socket.SOCK_DGRAM else Transport.UNIX)
+
+
+def socket_pair(backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
+                protocol: int = IPPROTO_IP) -> tuple[Stream, Stream]:
+    """PHP's stream_socket_pair: two connected Streams, each the other's peer."""
+    for name, value in (("domain", domain), ("type", type), ("protocol", protocol)):
+        if _builtin_type(value) is not int:
+            raise TypeError(f"{name} must be an int, not {_builtin_type(value).__name__}")
+    try:
+        first, second = _socket.socketpair(domain, type, protocol)
+    except OSError as exc:
+        raise _e.error(_e.SYSTEM, f"Failed to create sockets: [{exc.errno}]: {exc.strerror}", exc.errno or 0) \
+            from None
+    streams: list[Stream] = []
+    try:
+        address = _pair_address(first.getsockopt(_socket.SOL_SOCKET, _socket.SO_TYPE))
+        for sock in (first, second):
+            conn = backend.adopt(sock.detach(), address)
+            st = StreamState(conn, backend, address, DEFAULT_CONTEXT, server_side=True)
+            st.generic = True
+            streams.append(Stream(st))
+    except BaseException:
+        for sock in (first, second):
+            sock.close()  # a no-op once detached
+        for stream in streams:
+            stream.close()
+        raise
+    return streams[0], streams[1]
+
+
+_builtin_type = type
 
 
 def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | None = None):

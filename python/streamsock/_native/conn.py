@@ -233,6 +233,25 @@ class NativeConnection:
             return -_IO_WANT[n]
         self._raise()
 
+    def recv_oob(self, size: int):
+        """The pending urgent byte(s) (TCP MSG_OOB), or WANT_READ when announced and not yet here."""
+        buf = ffi.new("char[]", max(size, 1))
+        n = lib.ss_conn_recv_oob(self._h, buf, size)
+        if n >= 0:
+            return ffi.buffer(buf, n)[:]
+        if n in _IO_WANT:
+            return _IO_WANT[n]
+        self._raise()
+
+    def send_oob(self, data) -> int:
+        """Sends ``data`` with its last byte urgent (TCP MSG_OOB): the count, or -WANT_WRITE."""
+        n = lib.ss_conn_send_oob(self._h, ffi.from_buffer(data), len(data))
+        if n >= 0:
+            return n
+        if n in _IO_WANT:
+            return -_IO_WANT[n]
+        self._raise()
+
     def accept(self) -> "NativeConnection | None":
         """A listener's next connection, or None when none is waiting."""
         err = ffi.new("ss_error_info_t *")
@@ -308,6 +327,19 @@ def open_client(address: Address, context, tls) -> NativeConnection:
     entry = cached_options(address, context, tls)
     handle = lib.ss_conn_client(entry[0], err)
     if handle == ffi.NULL:
+        raise_record(err)
+    return NativeConnection(handle)
+
+
+def adopt(fd: int, address: Address) -> NativeConnection:
+    """A connection over an already connected socket (a socketpair's end):
+    the connection owns ``fd`` from now on, also when this fails."""
+    err = ffi.new("ss_error_info_t *")
+    handle = lib.ss_conn_from_fd(fd, TRANSPORT_BY_CODE.index(address.transport), ffi.NULL, ffi.NULL, err)
+    if handle == ffi.NULL:
+        import os
+
+        os.close(fd)
         raise_record(err)
     return NativeConnection(handle)
 

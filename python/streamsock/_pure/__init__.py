@@ -13,7 +13,7 @@ from typing import Iterable
 
 from ..address import PureAddressBatch, available_transports_pure, parse_many_pure, parse_pure
 from .acceptor import Acceptor as acceptor
-from .conn import DONE, WANT_READ, WANT_WRITE, PureConnection, open_client, open_server
+from .conn import DONE, WANT_READ, WANT_WRITE, PureConnection, adopt, open_client, open_server
 from .engine import Engine as engine
 from .tls import PureTLS, self_signed
 
@@ -29,7 +29,7 @@ parse = parse_pure
 parse_many = parse_many_pure
 
 __all__ = [
-    "DONE", "FEATURES", "acceptor", "NAME", "PureConnection", "WANT_READ", "WANT_WRITE", "available_transports",
+    "DONE", "FEATURES", "acceptor", "adopt", "NAME", "PureConnection", "WANT_READ", "WANT_WRITE", "available_transports",
     "compile_tls", "engine", "open_client", "open_server", "openssl_version", "parse", "parse_batch",
     "parse_many", "self_signed",
 ]

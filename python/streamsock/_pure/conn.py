@@ -574,6 +574,35 @@ class PureConnection:
         except OSError as exc:
             raise _e.error(_e.SYSTEM, f"sendto failed: {exc.strerror}", exc.errno or 0) from None
 
+    def _oob_check(self) -> None:
+        if self._sock is None:
+            raise _e.error(_e.CLOSED)
+        if self._ssl is not None:  # an urgent byte would bypass the record layer
+            raise _e.error(_e.UNSUPPORTED, "out-of-band data cannot be sent or received on a TLS stream",
+                           _errno.EOPNOTSUPP)
+
+    def recv_oob(self, size: int):
+        """The pending urgent byte(s) (TCP MSG_OOB), or WANT_READ when announced and not yet here."""
+        self._oob_check()
+        try:
+            return self._sock.recv(size, socket.MSG_OOB)
+        except BlockingIOError:
+            return WANT_READ
+        except OSError as exc:
+            if exc.errno == _errno.EINVAL:
+                raise _e.error(_e.SYSTEM, "no out-of-band data is pending", _errno.EINVAL) from None
+            raise _e.error(_e.SYSTEM, f"recv(MSG_OOB) failed: {exc.strerror}", exc.errno or 0) from None
+
+    def send_oob(self, data) -> int:
+        """Sends ``data`` with its last byte urgent (TCP MSG_OOB): the count, or -WANT_WRITE."""
+        self._oob_check()
+        try:
+            return self._sock.send(data, socket.MSG_OOB | socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            return -WANT_WRITE
+        except OSError as exc:
+            raise _e.error(_e.SYSTEM, f"send(MSG_OOB) failed: {exc.strerror}", exc.errno or 0) from None
+
     def start_tls(self, tls: PureTLS, peer_name, verify_peer_name, sni_enabled, session_from=None) -> None:
         if self.state != "established":
             raise _e.error(_e.STATE, "cannot enable crypto: the stream is not connected")
@@ -790,6 +819,20 @@ def _bind_local(context, sock: socket.socket, family: int, stype: int) -> None:
 
 def open_client(address: Address, context, tls: PureTLS | None) -> PureConnection:
     return PureConnection(address, context, tls)
+
+
+def adopt(fd: int, address: Address) -> PureConnection:
+    """A connection over an already connected socket (a socketpair's end):
+    the connection owns ``fd`` from now on, also when this fails."""
+    from ..context import DEFAULT_CONTEXT
+
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        raise
+    sock.setblocking(False)
+    return PureConnection(address, DEFAULT_CONTEXT, None, sock=sock)
 
 
 def open_server(address: Address, context, tls: PureTLS | None) -> PureConnection:
