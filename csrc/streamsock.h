@@ -180,6 +180,9 @@ typedef struct ss_tls_options {
     const char *const *sni_names;
     const char *const *sni_certs;
     const char *const *sni_keys;   /* entries may be NULL: key in the cert file */
+    int32_t no_ticket;          /* no RFC 5077 session tickets (TLS 1.2 resumes by session id) */
+    const char *groups;         /* key-exchange groups, "X25519:P-256" (ecdh_curve); NULL: OpenSSL's */
+    const char *dh_param;       /* server: PEM file of DH parameters for the DHE suites */
 } ss_tls_options_t;
 
 typedef struct ss_tls_ctx ss_tls_ctx_t;

@@ -293,6 +293,23 @@ static BIO_METHOD *new_socket_bio_method(void)
 }
 
 /* Settings shared by the main context and the per-SNI-name ones. */
+/* dh_param: the DH group for the (TLS 1.2) DHE suites, as PHP reads it. */
+static int load_dh_param(SSL_CTX *c, const char *path, ss_error_info_t *err)
+{
+    BIO *bio = BIO_new_file(path, "r");
+    if (!bio)
+        return config_fail(err, "Invalid dh_param `%s'", path);
+    EVP_PKEY *params = PEM_read_bio_Parameters(bio, NULL);
+    BIO_free(bio);
+    if (!params)
+        return config_fail(err, "Failed reading DH params from `%s'", path);
+    if (EVP_PKEY_base_id(params) != EVP_PKEY_DH || SSL_CTX_set0_tmp_dh_pkey(c, params) != 1) {
+        EVP_PKEY_free(params);
+        return config_fail(err, "Failed assigning DH params from `%s'", path);
+    }
+    return SS_OK; /* the context owns params now */
+}
+
 static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_error_info_t *err)
 {
     SSL_CTX *c = SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
@@ -309,6 +326,8 @@ static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_err
     long options = SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION;
     if (o->disable_compression)
         options |= SSL_OP_NO_COMPRESSION;
+    if (o->no_ticket)
+        options |= SSL_OP_NO_TICKET;
     if (o->honor_cipher_order)
         options |= SSL_OP_CIPHER_SERVER_PREFERENCE;
     SSL_CTX_set_options(c, (uint64_t)options);
@@ -322,6 +341,15 @@ static SSL_CTX *new_ssl_ctx(ss_tls_ctx_t *ctx, const ss_tls_options_t *o, ss_err
     }
     if (o->ciphers && SSL_CTX_set_cipher_list(c, o->ciphers) != 1) {
         config_fail(err, "Failed setting cipher list `%s'", o->ciphers);
+        SSL_CTX_free(c);
+        return NULL;
+    }
+    if (o->groups && SSL_CTX_set1_groups_list(c, o->groups) != 1) {
+        config_fail(err, "Invalid ecdh_curve `%s'", o->groups);
+        SSL_CTX_free(c);
+        return NULL;
+    }
+    if (o->server && o->dh_param && load_dh_param(c, o->dh_param, err) != SS_OK) {
         SSL_CTX_free(c);
         return NULL;
     }

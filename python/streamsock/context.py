@@ -129,6 +129,14 @@ _SSL_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_proto_version": (lambda v: _is_int(v) and v in (4, 8, 16, 32, 64), "a CRYPTO_PROTO_* constant"),
     "SNI_server_certs": (_is_sni_certs, "{name: cert path or {'local_cert': ..., 'local_pk': ...}}"),
     "honor_cipher_order": (_is_bool, "bool"),
+    "no_ticket": (_is_bool, "bool"),
+    "ecdh_curve": (lambda v: _is_text(v) and v.strip(": ") != "", "group list str, 'X25519:P-256'"),
+    "dh_param": (_is_path, "path"),
+    # Accepted for PHP's sake, with no effect: OpenSSL 3 always makes a fresh
+    # DH key, and renegotiation is refused outright (see README).
+    "single_dh_use": (_is_bool, "bool"),
+    "reneg_limit": (lambda v: _is_int(v) and -1 <= v <= _INT32_MAX, "int -1-2147483647"),
+    "reneg_window": (lambda v: _is_int(v) and 0 <= v <= _INT32_MAX, "int 0-2147483647 (seconds)"),
 }
 
 _SOCKET_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -203,6 +211,9 @@ class TLSSettings:
     ciphers: str | None
     alpn: bytes
     sni_certs: tuple[tuple[str, str, str | None], ...]
+    no_ticket: bool = False
+    groups: str | None = None      # ecdh_curve: the key-exchange groups, OpenSSL's list syntax
+    dh_param: str | None = None    # servers: DH parameters (PEM) for the DHE suites
 
 
 def version_range(mask: int) -> tuple[int, int]:
@@ -315,6 +326,9 @@ class Context:
             ciphers=o.get("ciphers", DEFAULT_CIPHERS),
             alpn=alpn_wire(o["alpn_protocols"]) if "alpn_protocols" in o else b"",
             sni_certs=sni,
+            no_ticket=o.get("no_ticket", False),
+            groups=o.get("ecdh_curve"),
+            dh_param=_opt_path(o.get("dh_param")) if server else None,  # a client has no use for it
         )
 
     # -- per connection -----------------------------------------------------------

@@ -20,7 +20,7 @@ from .tls import compile_tls, self_signed
 NAME = "native"
 
 #: What this backend can do beyond the common surface.
-FEATURES = frozenset({"key_exchange_group", "allow_self_signed_chain"})
+FEATURES = frozenset({"key_exchange_group", "allow_self_signed_chain", "group_list"})
 
 __all__ = [
     "DONE", "FEATURES", "acceptor", "adopt", "NAME", "NativeConnection", "WANT_READ", "WANT_WRITE", "available_transports",

@@ -25,6 +25,9 @@ def compile_tls(settings) -> object:
     o.local_pk = s(settings.local_pk)
     o.passphrase = s(settings.passphrase)
     o.ciphers = s(settings.ciphers)
+    o.no_ticket = settings.no_ticket
+    o.groups = s(settings.groups)
+    o.dh_param = s(settings.dh_param)
     alpn = s(settings.alpn) if settings.alpn else ffi.NULL
     o.alpn = ffi.cast("const unsigned char *", alpn)
     o.alpn_len = len(settings.alpn)

@@ -74,6 +74,15 @@ class PureTLS:
             ctx.load_cert_chain(cert, key, password=s.passphrase)
         if s.alpn:
             ctx.set_alpn_protocols(_alpn_names(s.alpn))
+        if s.no_ticket:
+            ctx.options |= ssl.OP_NO_TICKET
+        if s.groups:
+            _set_group(ctx, s.groups)
+        if s.server and s.dh_param:
+            try:
+                ctx.load_dh_params(s.dh_param)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"Failed reading DH params from `{s.dh_param}': {ssl_reason(exc)}") from None
         return ctx
 
     def _pick_certificate(self, ssl_object, server_name, _ctx):
@@ -84,6 +93,22 @@ class PureTLS:
                     ssl_object.context = ctx
                     break
         return None
+
+
+# OpenSSL's group-list names that are not the curves' short names Python's ssl looks up.
+_NIST_CURVES = {"P-256": "prime256v1", "P-384": "secp384r1", "P-521": "secp521r1"}
+
+
+def _set_group(ctx: ssl.SSLContext, groups: str) -> None:
+    """ecdh_curve: Python's ssl sets one group (SSL_CTX_set1_groups with one
+    NID), so the pure backend takes a list of one; the native one takes any."""
+    names = [name for name in groups.split(":") if name]
+    if len(names) != 1:
+        raise ValueError(f"Invalid ecdh_curve `{groups}': the pure backend takes one group, not a list")
+    try:
+        ctx.set_ecdh_curve(_NIST_CURVES.get(names[0], names[0]))
+    except (ValueError, ssl.SSLError):
+        raise ValueError(f"Invalid ecdh_curve `{groups}'") from None
 
 
 def _alpn_names(wire: bytes) -> list[str]:
