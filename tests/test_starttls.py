@@ -163,3 +163,78 @@ def test_a_plaintext_session_stream_is_refused_clearly(backend, pki):
             s.enable_crypto(True)  # refused before anything was sent: the upgrade still works
             s.write(b"EHLO x\r\n")
             assert s.readline() == b"250 localhost\r\n"
+
+
+def _tls_and_plain_servers(backend, pki):
+    ctx = ss.Context(ssl={"local_cert": pki.server_certfile, "local_pk": pki.server_keyfile})
+    return backend.server("tls://127.0.0.1:0", context=ctx), backend.server("tcp://127.0.0.1:0", context=ctx)
+
+
+def _serve_both(tls_srv, plain_srv):
+    """The tls:// server says hello and waits; the tcp one upgrades on accept, then says hello."""
+    import threading
+
+    def tls_side():
+        with tls_srv.accept(timeout=5)[0] as conn:
+            conn.write(b"hello\n")
+            conn.readline()
+
+    def plain_side():
+        try:
+            with plain_srv.accept(timeout=5)[0] as conn:
+                conn.enable_crypto(True)
+                conn.write(b"upgraded\n")
+                conn.readline()
+        except ss.StreamSocketError:
+            pass  # the client gave up before its handshake
+
+    threads = [threading.Thread(target=tls_side), threading.Thread(target=plain_side)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@pytest.mark.parametrize("method", [None, ss.CRYPTO_METHOD_TLS_CLIENT, ss.CRYPTO_METHOD_TLSv1_3_CLIENT])
+def test_a_tls_streams_session_resumes_in_a_starttls_stream(backend, pki, method):
+    """A tls:// stream's session (TLS 1.2+) offered by a STARTTLS whose method allows other versions:
+    OpenSSL takes it as it is; the pure backend offers it from the context that made it."""
+    tls_srv, plain_srv = _tls_and_plain_servers(backend, pki)
+    ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+    with tls_srv, plain_srv:
+        threads = _serve_both(tls_srv, plain_srv)
+        with backend.client(f"tls://{tls_srv.local_name}", timeout=5, context=ctx) as first:
+            assert first.readline() == b"hello\n"  # the session tickets came before it
+            with backend.client(f"tcp://{plain_srv.local_name}", timeout=5, context=ctx) as second:
+                assert second.enable_crypto(True, method, session_stream=first) is True
+                assert second.readline() == b"upgraded\n"
+                assert second.tls_info["session_reused"] is True
+                assert second.crypto["protocol"] == "TLSv1.3"
+                second.write(b"bye\n")
+            first.write(b"bye\n")
+        for thread in threads:
+            thread.join(10)
+
+
+def test_a_session_from_other_tls_settings(backend, pki):
+    """Settings that differ beyond the versions (here the ciphers): OpenSSL resumes the session;
+    the pure backend cannot hand it to another SSLContext and says so before the handshake."""
+    tls_srv, plain_srv = _tls_and_plain_servers(backend, pki)
+    first_ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+    second_ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost", "ciphers": "ECDHE+AESGCM"})
+    with tls_srv, plain_srv:
+        threads = _serve_both(tls_srv, plain_srv)
+        with backend.client(f"tls://{tls_srv.local_name}", timeout=5, context=first_ctx) as first:
+            assert first.readline() == b"hello\n"
+            with backend.client(f"tcp://{plain_srv.local_name}", timeout=5, context=second_ctx) as second:
+                if backend.name == "native":
+                    second.enable_crypto(True, session_stream=first)
+                    assert second.tls_info["session_reused"] is True
+                    assert second.readline() == b"upgraded\n"
+                    second.write(b"bye\n")
+                else:
+                    with pytest.raises(ValueError, match="the pure backend cannot resume its session"):
+                        second.enable_crypto(True, session_stream=first)
+                    assert second.crypto is None
+            first.write(b"bye\n")
+        for thread in threads:
+            thread.join(10)

@@ -192,6 +192,16 @@ def test_fsockopen_joins_host_and_port(backend):
         backend.fsockopen("127.0.0.1:80", 81)
 
 
+def test_fsockopen_timeout_minus_one_is_no_limit_and_other_negatives_are_refused(backend):
+    with EchoServer() as peer:
+        with backend.fsockopen("127.0.0.1", peer.port, timeout=-1) as s:
+            s.write(b"y\n")
+            assert s.readline() == b"y\n"
+    for timeout in (-2, -0.5, float("-inf")):
+        with pytest.raises(ValueError, match="timeout must be at least 0, -1 \\(no limit\\) or None"):
+            backend.fsockopen("127.0.0.1", 9, timeout=timeout)
+
+
 def test_async_connect_finishes_on_first_io(backend):
     with EchoServer() as peer:
         s = backend.client(peer.address, timeout=5, flags=ss.CLIENT_ASYNC_CONNECT)

@@ -42,6 +42,7 @@ DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 _RECV = 65536
 _RECORD = 16384  # TLS's largest record payload
 _HANDBACK_MAX = 1 << 20
+_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
 def _discard_unread(sock: socket.socket) -> None:
@@ -91,6 +92,7 @@ class PureConnection:
         self._sni = context.sni_enabled
         self._accepted = sock is not None
         self.offer_session: ssl.SSLSession | None = None  # client: resume this session (probe's cache)
+        self._version_range: tuple[int, int] | None = None  # versions held after a handshake from another context
         self.state = "established" if sock is not None else "resolve"
 
     # -- errors -------------------------------------------------------------
@@ -206,7 +208,7 @@ class PureConnection:
 
     # -- TLS pumping -------------------------------------------------------------------
 
-    def _attach(self, tls: PureTLS, session=None) -> None:
+    def _attach(self, tls: PureTLS, session=None, session_from: "PureConnection | None" = None) -> None:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         s = tls.settings
         name = self._peer_name
@@ -219,12 +221,37 @@ class PureConnection:
             context, hostname = tls.checked_context, name
         elif not s.server and name and self._sni and ip_literal(name) is None:
             hostname = name
+        self._version_range = None
+        if session is not None and session_from is not None and session_from._ssl.context is not context:
+            context = self._context_for_session(tls, context, session_from)
         if session is None and not s.server:
             session, self.offer_session = self.offer_session, None
         self._ssl = context.wrap_bio(self._in, self._out, server_side=s.server, server_hostname=hostname,
                                      session=session)
         self._tls = tls
         self._shutdown_sent = False
+
+    def _context_for_session(self, tls: PureTLS, wanted: ssl.SSLContext, other: "PureConnection") -> ssl.SSLContext:
+        """Python's ssl resumes a session only in the SSLContext that made it,
+        where OpenSSL itself takes it in any. A session made with other
+        versions allowed (a tls:// stream's, resumed by a STARTTLS with a
+        crypto method) is offered from its own context, which differs from
+        ours only in the version range; the version negotiated is then held
+        to our range after the handshake. Other differences cannot be bridged."""
+        from dataclasses import replace
+
+        mine, theirs = tls.settings, other._tls.settings
+        same_role = (other._ssl.context is other._tls.checked_context) == (wanted is tls.checked_context)
+        if not same_role or replace(theirs, min_version=mine.min_version, max_version=mine.max_version) != mine:
+            raise ValueError("session_stream's TLS settings differ from this stream's in more than the protocol "
+                             "versions: the pure backend cannot resume its session (Python's ssl ties a session "
+                             "to the SSLContext that made it)")
+        version = _VERSIONS.get(other._ssl.version(), 0)
+        if not mine.min_version <= version <= (mine.max_version or version):
+            raise ValueError(f"session_stream's session is {other._ssl.version()}, outside the protocol versions "
+                             "this stream allows")
+        self._version_range = (mine.min_version, mine.max_version)
+        return other._ssl.context
 
     def _detach(self) -> None:
         self._ssl = None
@@ -296,6 +323,12 @@ class PureConnection:
             return want
         if want == WANT_WRITE and not self._ssl.server_side and self._unsent:
             return WANT_WRITE
+        if self._version_range is not None:  # offered from another context: see _context_for_session
+            low, high = self._version_range
+            version = _VERSIONS.get(self._ssl.version(), 0)
+            if not low <= version <= (high or version):
+                self._fail(_e.TLS, 0, f"TLS handshake failed: {self._ssl.version()} was negotiated, outside the "
+                           "protocol versions allowed", context)
         self._check_peer(context)
         return DONE
 
@@ -620,8 +653,10 @@ class PureConnection:
             self._peer_name = peer_name
         self._verify_peer_name = verify_peer_name
         self._sni = sni_enabled
-        session = session_from._ssl.session if session_from is not None and session_from._ssl is not None else None
-        self._attach(tls, session)
+        if session_from is not None and session_from._ssl is not None:
+            self._attach(tls, session_from._ssl.session, session_from)
+        else:
+            self._attach(tls)
         self.state = "handshaking"
 
     def resumable_session(self) -> ssl.SSLSession | None:
