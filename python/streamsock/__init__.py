@@ -99,6 +99,7 @@ __all__ = [
     "Stream",
     "client",
     "fsockopen",
+    "pfsockopen",
     "select",
     "server",
     "socket_pair",
@@ -194,6 +195,16 @@ def socket_pair(domain: int = PF_UNIX, type: int = SOCK_STREAM, protocol: int = 
     message boundaries). A domain or type the system refuses (Linux makes
     pairs of unix sockets only) raises StreamSocketError with its errno."""
     return _active.socket_pair(domain, type, protocol)
+
+
+def pfsockopen(host: str, port: int | None = None, timeout: float | None = None,
+               context: Context | None = None) -> Stream:
+    """PHP's ``pfsockopen``: ``fsockopen`` that hands out again the live
+    stream to the same address with the same context options, in this
+    process (as ``client(..., flags=CLIENT_PERSISTENT)``). A stream whose
+    peer has gone is replaced by a new connection; ``close()`` ends a
+    persistent stream like any other."""
+    return _active.pfsockopen(host, port, timeout, context)
 
 
 def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,

@@ -177,6 +177,10 @@ class Backend:
         self._tls_by_use: dict[tuple, Any] = {}
         self._tls_by_settings: dict[TLSSettings, Any] = {}
         self._lock = threading.Lock()
+        from ._persistent import PersistentStreams
+
+        #: Persistent client streams (pfsockopen, CLIENT_PERSISTENT), per process.
+        self.persistent = PersistentStreams()
 
     # -- for the drivers (stream.py, aio.py, probe.py) ----------------------------------------
 
@@ -224,6 +228,11 @@ class Backend:
                   context: Context | None = None) -> _stream.Stream:
         """PHP's fsockopen; see :func:`streamsock.fsockopen`."""
         return _stream.fsockopen(self, host, port, timeout, context)
+
+    def pfsockopen(self, host: str, port: int | None = None, timeout: float | None = None,
+                   context: Context | None = None) -> _stream.Stream:
+        """PHP's pfsockopen; see :func:`streamsock.pfsockopen`."""
+        return _stream.fsockopen(self, host, port, timeout, context, _stream.CLIENT_PERSISTENT)
 
     def socket_pair(self, domain: int = _stream.PF_UNIX, type: int = _stream.SOCK_STREAM,
                     protocol: int = _stream.IPPROTO_IP) -> tuple[_stream.Stream, _stream.Stream]:

@@ -59,7 +59,7 @@ class Stream(StateViews):
     ``meta["timed_out"]`` set; no data is lost.
     """
 
-    __slots__ = ("_st", "_timeout", "_blocking", "_lock", "_close_pending", "__weakref__")
+    __slots__ = ("_st", "_timeout", "_blocking", "_lock", "_close_pending", "_persistent_key", "__weakref__")
 
     def __init__(self, state: StreamState) -> None:
         self._st = state
@@ -67,6 +67,7 @@ class Stream(StateViews):
         self._blocking = True
         self._lock = threading.Lock()
         self._close_pending = False
+        self._persistent_key: str | None = None  # set on a persistent client stream
 
     # -- plumbing -----------------------------------------------------------
 
@@ -366,6 +367,8 @@ class Stream(StateViews):
                 conn.close()
         finally:
             self._lock.release()
+        if self._persistent_key is not None:
+            st.backend.persistent.forget(self)
 
     def __enter__(self) -> "Stream":
         return self
@@ -577,9 +580,18 @@ def address_for(backend, address: Address | str, needs_port: bool) -> Address:
 
 def client(backend, address: Address | str, timeout: float | None = None, context: Context | None = None,
            flags: int = CLIENT_CONNECT) -> Stream:
-    """PHP's stream_socket_client."""
+    """PHP's stream_socket_client. With CLIENT_PERSISTENT, a live stream to
+    the same address with the same context options is handed out again."""
     a = address_for(backend, address, needs_port=True)
     ctx = context if context is not None else DEFAULT_CONTEXT
+    if flags & CLIENT_PERSISTENT:
+        from ._persistent import key_of
+
+        return backend.persistent.get(key_of(a, ctx), lambda: _connect(backend, a, ctx, timeout, flags))
+    return _connect(backend, a, ctx, timeout, flags)
+
+
+def _connect(backend, a: Address, ctx: Context, timeout: float | None, flags: int) -> Stream:
     tls = backend.tls_context(ctx, False, a.transport) if a.secure else None
     conn = backend.open_client(a, ctx, tls)
     st = StreamState(conn, backend, a, ctx, ready=False)
@@ -598,14 +610,14 @@ def client(backend, address: Address | str, timeout: float | None = None, contex
 
 
 def fsockopen(backend, host: str, port: int | None = None, timeout: float | None = None,
-              context: Context | None = None) -> Stream:
+              context: Context | None = None, flags: int = CLIENT_CONNECT) -> Stream:
     """PHP's fsockopen: host and port apart (an IPv6 literal is bracketed for
     you). ``timeout``: None (the default), at least 0, or -1 for no limit;
     other negative values are a ValueError (PHP waits forever or fails with
     EINVAL, as the platform's poll takes them)."""
     if isinstance(timeout, (int, float)) and timeout < 0 and timeout != -1:
         raise ValueError(f"timeout must be at least 0, -1 (no limit) or None, not {timeout!r}")
-    return client(backend, backend.join(host, port), timeout=timeout, context=context)
+    return client(backend, backend.join(host, port), timeout=timeout, context=context, flags=flags)
 
 
 def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
