@@ -578,7 +578,8 @@ int64_t ss_conn_write_wait(ss_conn_t *conn, const char *buf, size_t len, int32_t
     return (int64_t)done;
 }
 
-int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, size_t peer_cap, uint32_t *peer_len)
+int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, int32_t peek, char *peer, size_t peer_cap,
+                         uint32_t *peer_len)
 {
     *peer_len = 0;
     if (conn->fd < 0)
@@ -587,7 +588,7 @@ int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, siz
     socklen_t from_len = sizeof from;
     ssize_t n;
     do
-        n = recvfrom(conn->fd, buf, len, 0, (struct sockaddr *)&from, &from_len);
+        n = recvfrom(conn->fd, buf, len, peek ? MSG_PEEK : 0, (struct sockaddr *)&from, &from_len);
     while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)

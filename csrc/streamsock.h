@@ -295,10 +295,11 @@ int64_t ss_conn_write(ss_conn_t *conn, const char *buf, size_t len);
  * SS_IO_TIMEOUT, SS_IO_INTERRUPTED (call again with the rest) or an error. */
 int64_t ss_conn_write_wait(ss_conn_t *conn, const char *buf, size_t len, int32_t timeout_ms, int32_t *status);
 
-/* Datagram sockets: receive one datagram and its sender's address as text
- * ("127.0.0.1:53", "[::1]:53", a unix path, which may start with NUL) of
- * *peer_len bytes; send one to a numeric address or a unix path. */
-int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, char *peer, size_t peer_cap,
+/* Datagram sockets: receive one datagram (peek: leave it to be received
+ * again) and its sender's address as text ("127.0.0.1:53", "[::1]:53", a unix
+ * path, which may start with NUL) of *peer_len bytes; send one to a numeric
+ * address or a unix path. */
+int64_t ss_conn_recvfrom(ss_conn_t *conn, char *buf, size_t len, int32_t peek, char *peer, size_t peer_cap,
                          uint32_t *peer_len);
 int64_t ss_conn_sendto(ss_conn_t *conn, const char *buf, size_t len, const char *host, int32_t port,
                        const char *path, uint32_t path_len);

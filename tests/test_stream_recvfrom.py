@@ -116,3 +116,17 @@ def test_datagram_stream_recvfrom(backend, udp_echo):
         s.write(b"dgram")
         assert s.recvfrom(100, ss.PEEK) == (b"dgram", udp_echo.address)
         assert s.recvfrom(100) == (b"dgram", udp_echo.address)
+
+
+def test_datagram_server_peek(backend):
+    with backend.server("udp://127.0.0.1:0", flags=ss.SERVER_BIND) as srv:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"first", ("127.0.0.1", int(srv.local_name.rsplit(":", 1)[1])))
+            sender.sendto(b"second", ("127.0.0.1", int(srv.local_name.rsplit(":", 1)[1])))
+            name = f"127.0.0.1:{sender.getsockname()[1]}"
+            assert srv.recvfrom(100, timeout=5, flags=ss.PEEK) == (b"first", name)
+            assert srv.recvfrom(100, timeout=5, flags=ss.PEEK) == (b"first", name)  # still there
+            assert srv.recvfrom(100, timeout=5) == (b"first", name)
+            assert srv.recvfrom(100, timeout=5) == (b"second", name)
+        with pytest.raises(ValueError, match="flags must be 0 or PEEK for a datagram server"):
+            srv.recvfrom(100, timeout=5, flags=ss.OOB)

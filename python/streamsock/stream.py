@@ -250,7 +250,10 @@ class Stream(StateViews):
             if not self._blocking:
                 return None
             remaining = time_left(deadline)  # urgent data wakes POLLPRI, not POLLIN
-            if remaining == 0 or not _select.select([], [], [conn.fileno()], remaining)[2]:
+            poller = _select.poll()
+            poller.register(conn.fileno(), _select.POLLPRI)
+            wait_ms = -1 if remaining is None else min(math.ceil(remaining * 1000), 0x7FFFFFFF)
+            if remaining == 0 or not poller.poll(wait_ms):
                 self._st.timed_out = True
                 raise _e.error(_e.TIMEOUT, f"recvfrom on {self._st.address} timed out after {self._timeout:g} s", 110)
         return data
@@ -486,16 +489,20 @@ class Server:
             stream.close()
             raise
 
-    def recvfrom(self, size: int = 65536, timeout: float | None = None) -> tuple[bytes, str]:
+    def recvfrom(self, size: int = 65536, timeout: float | None = None, flags: int = 0) -> tuple[bytes, str]:
         """One datagram and its sender ("127.0.0.1:5353", "[::1]:53", or a udg path).
-        A ``size`` below 1 is a ValueError, as in PHP (it would drop the datagram)."""
+        A ``size`` below 1 is a ValueError, as in PHP (it would drop the datagram).
+        ``flags=PEEK`` leaves the datagram to be received again (datagrams have
+        no out-of-band data: ``OOB`` is a ValueError)."""
         if type(size) is not int or size < 1:
             raise ValueError(f"size must be an int greater than 0, not {size!r}")
+        if flags not in (0, PEEK):
+            raise ValueError(f"flags must be 0 or PEEK for a datagram server, not {flags!r}")
         conn = self._live()
         seconds = timeout_value(timeout)
         deadline = deadline_after(seconds)
         while True:
-            result = conn.recvfrom(size)
+            result = conn.recvfrom(size, bool(flags))
             if type(result) is tuple:
                 return result
             remaining = time_left(deadline)

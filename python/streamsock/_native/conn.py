@@ -207,11 +207,11 @@ class NativeConnection:
             self._raise()
         return total
 
-    def recvfrom(self, size: int):
+    def recvfrom(self, size: int, peek: bool = False):
         buf = ffi.new("char[]", max(size, 1))
         peer = ffi.new("char[]", 128)
         peer_len = ffi.new("uint32_t *")
-        n = lib.ss_conn_recvfrom(self._h, buf, size, peer, 128, peer_len)
+        n = lib.ss_conn_recvfrom(self._h, buf, size, peek, peer, 128, peer_len)
         if n >= 0:
             return ffi.buffer(buf, n)[:], ffi.buffer(peer, peer_len[0])[:].decode("utf-8", "surrogateescape")
         if n in _IO_WANT:

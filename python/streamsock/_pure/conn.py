@@ -585,9 +585,9 @@ class PureConnection:
                 break
         return total
 
-    def recvfrom(self, size: int):
+    def recvfrom(self, size: int, peek: bool = False):
         try:
-            data, sockaddr = self._sock.recvfrom(size)
+            data, sockaddr = self._sock.recvfrom(size, socket.MSG_PEEK if peek else 0)
         except BlockingIOError:
             return WANT_READ
         except OSError as exc:
