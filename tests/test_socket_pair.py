@@ -87,3 +87,22 @@ def test_what_the_system_refuses_raises_with_its_errno(backend, domain, kind, wa
 def test_arguments_must_be_ints(backend):
     with pytest.raises(TypeError, match="type must be an int"):
         backend.socket_pair(ss.PF_UNIX, "stream", 0)
+
+
+def test_async_pair(backend):
+    import asyncio
+
+    import streamsock.aio as aio
+
+    async def main():
+        a, b = await aio.socket_pair(ss.PF_UNIX, ss.SOCK_STREAM, 0, backend=backend)
+        async with a, b:
+            await a.write(b"one\ntwo\n")
+            assert await b.readline() == b"one\n"
+            assert await b.recvfrom(100, ss.PEEK) == (b"two\n", "")
+            assert await b.read(100) == b"two\n"
+            assert b.meta["stream_type"] == "generic_socket"
+            a.close()
+            assert await b.read(100) == b""
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -130,3 +130,36 @@ def test_datagram_server_peek(backend):
             assert srv.recvfrom(100, timeout=5) == (b"second", name)
         with pytest.raises(ValueError, match="flags must be 0 or PEEK for a datagram server"):
             srv.recvfrom(100, timeout=5, flags=ss.OOB)
+
+
+def test_async_recvfrom_and_sendto(backend):
+    import asyncio
+
+    import streamsock.aio as aio
+
+    async def main():
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
+        with listener:
+            accepting = loop.create_task(loop.sock_accept(listener))
+            s = await aio.client(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout=5, backend=backend)
+            peer, _ = await accepting
+        with peer:
+            async with s:
+                await loop.sock_sendall(peer, b"hello\n")
+                assert await s.recvfrom(3, ss.PEEK) == (b"hel", s.peer_name)
+                assert await s.readline() == b"hello\n"
+                peer.send(b"!", socket.MSG_OOB)
+                assert await s.recvfrom(1, ss.OOB) == (b"!", s.peer_name)
+                with pytest.raises(ss.StreamSocketError, match="no out-of-band data is pending"):
+                    await s.recvfrom(1, ss.OOB)
+                assert await s.sendto(b"xy", ss.OOB) == 2
+                assert await s.sendto(b"z") == 1
+                peer.setblocking(True)
+                peer.settimeout(5)
+                assert peer.recv(1, socket.MSG_OOB) == b"y"
+                got = peer.recv(10)  # a read stops at the urgent mark: "x", then "z"
+                assert got + (peer.recv(10) if got == b"x" else b"") == b"xz"
+
+    asyncio.run(asyncio.wait_for(main(), 20))

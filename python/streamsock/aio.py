@@ -46,7 +46,8 @@ from ._state import CHUNK, READ_CAP, StateViews, StreamState, check_shutdown_how
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
 
-__all__ = ["AsyncServer", "AsyncStream", "StreamTransport", "client", "create_connection", "create_server", "server"]
+__all__ = ["AsyncServer", "AsyncStream", "StreamTransport", "client", "create_connection", "create_server", "server",
+           "socket_pair"]
 
 DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRITE
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
@@ -348,6 +349,46 @@ class AsyncStream(StateViews):
         finally:
             self._writing = False
 
+    # -- recvfrom / sendto -------------------------------------------------------
+
+    async def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, str]:
+        """:meth:`Stream.recvfrom` for asyncio: ``PEEK`` leaves the bytes to be
+        read again (plaintext on TLS), ``OOB`` takes TCP's pending urgent byte
+        (none pending: StreamSocketError, errno 22; a TLS stream refuses)."""
+        if type(size) is not int or size < 1:
+            raise ValueError(f"size must be an int greater than 0, not {size!r}")
+        _stream.check_recv_flags(flags)
+        self._claim(True, False)
+        try:
+            st = self._st
+            if flags & _stream.OOB:
+                conn = st.live()
+                while type(data := conn.recv_oob(size)) is not bytes:
+                    await self._readable(conn)  # announced: it comes with its segment
+            else:
+                now = st.peek_now if flags & _stream.PEEK else st.read_now
+                while (data := now(size)) is None:
+                    await self._fill()
+            return data, st.name(True)
+        finally:
+            self._release(True, False)
+
+    async def sendto(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        """:meth:`Stream.sendto` for asyncio: ``OOB`` sends ``data`` as TCP
+        urgent data (its last byte urgent; not on TLS); without flags it is
+        ``write``."""
+        if flags not in (0, _stream.OOB):
+            raise ValueError(f"flags must be 0 or OOB, not {flags!r}")
+        if not flags:
+            return await self.write(data)
+        conn = self._claim(False, True)
+        try:
+            while (n := conn.send_oob(data)) < 0:
+                await self._writable(conn)
+            return n
+        finally:
+            self._release(False, True)
+
     # -- TLS ------------------------------------------------------------------
 
     async def enable_crypto(self, enable: bool, method: int | None = None,
@@ -487,6 +528,17 @@ async def client(address: Address | str, timeout: float | None = None, context: 
             raise
         raise _e.error(_e.TIMEOUT, f"timed out after {seconds:g} s", 110,
                        context=("Unable to connect to", a)) from None
+
+
+async def socket_pair(domain: int = _stream.PF_UNIX, type: int = _stream.SOCK_STREAM,
+                      protocol: int = _stream.IPPROTO_IP, *,
+                      backend: _backend.Backend | None = None) -> tuple[AsyncStream, AsyncStream]:
+    """PHP's stream_socket_pair for asyncio: two connected AsyncStreams (see
+    :func:`streamsock.socket_pair`)."""
+    backend = backend if backend is not None else _backend.select()
+    loop = asyncio.get_running_loop()
+    first, second = _stream.pair_states(backend, domain, type, protocol)
+    return AsyncStream(first, loop), AsyncStream(second, loop)
 
 
 # --- server ---------------------------------------------------------------------------------

@@ -652,9 +652,8 @@ def _pair_address(socktype: int) -> Address:
     return unnamed(Transport.UDG if socktype == _socket.SOCK_DGRAM else Transport.UNIX)
 
 
-def socket_pair(backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
-                protocol: int = IPPROTO_IP) -> tuple[Stream, Stream]:
-    """PHP's stream_socket_pair: two connected Streams, each the other's peer."""
+def pair_states(backend, domain: int, type: int, protocol: int) -> tuple[StreamState, StreamState]:
+    """PHP's stream_socket_pair for both drivers: the two ends' stream states."""
     for name, value in (("domain", domain), ("type", type), ("protocol", protocol)):
         if _builtin_type(value) is not int:
             raise TypeError(f"{name} must be an int, not {_builtin_type(value).__name__}")
@@ -663,21 +662,30 @@ def socket_pair(backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
     except OSError as exc:
         raise _e.error(_e.SYSTEM, f"Failed to create sockets: [{exc.errno}]: {exc.strerror}", exc.errno or 0) \
             from None
-    streams: list[Stream] = []
+    conns: list = []
     try:
         address = _pair_address(first.getsockopt(_socket.SOL_SOCKET, _socket.SO_TYPE))
         for sock in (first, second):
-            conn = backend.adopt(sock.detach(), address)
-            st = StreamState(conn, backend, address, DEFAULT_CONTEXT, server_side=True)
-            st.generic = True
-            streams.append(Stream(st))
+            conns.append(backend.adopt(sock.detach(), address))
     except BaseException:
         for sock in (first, second):
             sock.close()  # a no-op once detached
-        for stream in streams:
-            stream.close()
+        for conn in conns:
+            conn.close()
         raise
-    return streams[0], streams[1]
+    states = []
+    for conn in conns:
+        st = StreamState(conn, backend, address, DEFAULT_CONTEXT, server_side=True)
+        st.generic = True
+        states.append(st)
+    return states[0], states[1]
+
+
+def socket_pair(backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
+                protocol: int = IPPROTO_IP) -> tuple[Stream, Stream]:
+    """PHP's stream_socket_pair: two connected Streams, each the other's peer."""
+    first, second = pair_states(backend, domain, type, protocol)
+    return Stream(first), Stream(second)
 
 
 _builtin_type = type
