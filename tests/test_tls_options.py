@@ -211,3 +211,21 @@ def test_client_initiated_renegotiation_is_refused(backend, pki):
     output = result.stdout + result.stderr
     assert b"RENEGOTIATING" in output and b"no renegotiation" in output, output
     assert result.returncode == 1
+
+
+def test_no_ticket_on_tls13_still_resumes_from_the_server_cache(backend, pki):
+    ctx = ss.Context(ssl={"local_cert": pki.server_certfile, "local_pk": pki.server_keyfile, "no_ticket": True})
+    client = ssl.create_default_context(cafile=pki.cafile)
+    with backend.server("tls://127.0.0.1:0", context=ctx) as srv:
+        port = int(srv.local_name.rsplit(":", 1)[1])
+        session = None
+        for round_ in range(2):
+            accepted: list = []
+            thread = _serve(srv, accepted)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    client.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                assert tls.recv(100) == b"hello\n"
+                assert tls.version() == "TLSv1.3"
+                assert tls.session_reused is (round_ == 1)
+                session = tls.session
+            thread.join(10)
