@@ -114,6 +114,14 @@ int ss__tls_close_write(ss_conn_t *conn);
 void ss__tls_silence(ss_conn_t *conn);
 /* Offers the session of `from` for resumption (client side). */
 void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from);
+/* The peer's certificate at index (0: the leaf) or NULL; a client's
+ * handshake that failed verification still has the chain it received. */
+X509 *ss__tls_peer_cert(const ss_conn_t *conn, int32_t index);
+
+/* ---- certinfo.c ------------------------------------------------------- */
+
+/* ss_cert_describe_der for a certificate OpenSSL holds. */
+int64_t ss__cert_describe(X509 *cert, unsigned char *out, size_t cap);
 
 /* ---- engine.c --------------------------------------------------------- */
 

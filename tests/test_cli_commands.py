@@ -253,7 +253,7 @@ def test_probe_sends_a_payload_keeps_the_banner_and_the_chain(pki):
     assert result.returncode == 0, result.stderr.decode()
     [record] = json_lines(result.stdout)
     assert record["banner"] == "PING\r\n"
-    assert base64.b64decode(record["chain"][0]) == pki.server_cert.der
+    assert base64.b64decode(record["chain"][0]["der"]) == pki.server_cert.der
 
 
 def test_probe_insecure_accepts_a_certificate_that_does_not_verify(pki):

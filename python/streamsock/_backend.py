@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from . import stream as _stream
 from .address import Address, AddressBatch, Transport, join
+from .certificate import Certificate
 from .context import Context, TLSSettings, check_version_range
 
 __all__ = ["Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "get", "select"]
@@ -126,6 +127,7 @@ class BackendModule(Protocol):
     def open_client(self, address: Address, context: Context, tls: Any) -> Connection: ...
     def open_server(self, address: Address, context: Context, tls: Any) -> Connection: ...
     def self_signed(self, name: str, days: int) -> tuple[str, str]: ...
+    def certificate(self, der: bytes) -> Certificate: ...  # ValueError when it cannot be read
 
 
 def _members(protocol: type) -> set[str]:
@@ -169,6 +171,7 @@ class Backend:
         self.parse_batch = module.parse_batch
         self.open_client = module.open_client
         self.open_server = module.open_server
+        self.certificate = module.certificate
         self._module = module
         self._tls_by_use: dict[tuple, Any] = {}
         self._tls_by_settings: dict[TLSSettings, Any] = {}

@@ -25,7 +25,7 @@ from typing import IO, Callable, Iterator
 from .address import Address, Transport
 from .cli import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
 from .errors import AddressError
-from .probe import ProbeResult
+from .probe import ProbeResult, certificate_record
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
 _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
@@ -115,7 +115,9 @@ def _defaults_applier(backend, scheme: str | None, port: int | None):
 
 _CSV_FIELDS = ("timestamp", "index", "target", "host", "ip", "port", "sni", "ok", "error_class", "errno", "message",
                "tls_version", "cipher", "alpn", "session_reused", "connect_ms", "handshake_ms", "total_ms",
-               "cert_sha256")
+               "trusted", "verify_result", "verify_reason", "name_matched", "cert_sha256", "cert_subject",
+               "cert_issuer", "cert_san", "cert_not_after", "cert_expired", "cert_self_signed", "cert_key_type",
+               "cert_key_bits", "cert_spki_sha256")
 
 
 @contextlib.contextmanager
@@ -150,15 +152,18 @@ def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult],
 
 def _csv_line(result: ProbeResult) -> str:
     record = result.to_dict()
+    for name, value in (record.pop("cert") or {}).items():  # flat: one column a field
+        record["cert_" + name] = " ".join(value) if isinstance(value, list) else value
     line = io.StringIO()
-    csv.writer(line).writerow(["" if record[name] is None else record[name] for name in _CSV_FIELDS])
+    csv.writer(line).writerow(["" if record.get(name) is None else record[name] for name in _CSV_FIELDS])
     return line.getvalue()
 
 
 def _json_line(result: ProbeResult, with_chain: bool) -> str:
     record = result.to_dict()
     if with_chain:
-        record["chain"] = [base64.b64encode(der).decode("ascii") for der in result.chain]
+        record["chain"] = [{**certificate_record(cert, result.finished_at),
+                            "der": base64.b64encode(cert.der).decode("ascii")} for cert in result.chain]
     return json.dumps(record) + "\n"
 
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from . import errors as _e
 from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
 from .address import Address, Transport, ip_literal, split_host_port
+from .certificate import Certificate
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 from .starttls import PROTOCOLS
 
@@ -58,21 +58,35 @@ class ProbeResult:
     cipher: str | None = None
     group: str | None = None     # key-exchange group (native backend)
     alpn: str | None = None
-    verify_result: int = 0
+    # Trust, evaluated whether or not it was enforced; None when no certificate arrived.
+    verify_result: int | None = None  # OpenSSL's X509 verify result: 0 a trusted chain, else X509_V_ERR_*
+    verify_reason: str | None = None  # OpenSSL's words for it: "ok", "certificate has expired", ...
+    name_matched: bool | None = None  # the leaf names the expected host (None: no name to check)
     session_reused: bool = False
     resolve_ms: float | None = None
     connect_ms: float | None = None
     handshake_ms: float | None = None
     total_ms: float | None = None
     banner: bytes = b""          # the peer's first bytes; with STARTTLS its greeting
-    cert_der: bytes | None = None
-    chain: tuple[bytes, ...] = field(default_factory=tuple)
+    certificate: Certificate | None = None  # the leaf, also when the handshake failed after it arrived
+    chain: tuple[Certificate, ...] = ()  # with capture_chain: every certificate sent, leaf first
     sni: str | None = None       # the server name sent in the ClientHello (TLS targets)
     finished_at: float = 0.0     # when the probe ended (seconds since the epoch)
 
     @property
+    def cert_der(self) -> bytes | None:
+        return self.certificate.der if self.certificate is not None else None
+
+    @property
     def cert_sha256(self) -> str | None:
-        return hashlib.sha256(self.cert_der).hexdigest() if self.cert_der else None
+        return self.certificate.fingerprint("sha256") if self.certificate is not None else None
+
+    @property
+    def trusted(self) -> bool | None:
+        """A trusted chain that names the host; None when no certificate arrived."""
+        if self.verify_result is None:
+            return None
+        return self.verify_result == 0 and self.name_matched is not False
 
     @property
     def timestamp(self) -> str:
@@ -94,11 +108,31 @@ class ProbeResult:
             "ip": self.ip, "port": port, "sni": self.sni,
             "ok": self.ok, "error": self.error, "error_class": self.error_class, "errno": self.errno,
             "message": self.message, "peer": self.peer, "tls_version": self.tls_version, "cipher": self.cipher,
-            "group": self.group, "alpn": self.alpn, "verify_result": self.verify_result,
+            "group": self.group, "alpn": self.alpn, "trusted": self.trusted, "verify_result": self.verify_result,
+            "verify_reason": self.verify_reason, "name_matched": self.name_matched,
             "session_reused": self.session_reused, "resolve_ms": self.resolve_ms, "connect_ms": self.connect_ms,
             "handshake_ms": self.handshake_ms, "total_ms": self.total_ms,
             "banner": self.banner.decode("latin-1"), "cert_sha256": self.cert_sha256,
+            "cert": certificate_record(self.certificate, self.finished_at) if self.certificate is not None else None,
         }
+
+
+def certificate_record(cert: Certificate, at: float) -> dict:
+    """A certificate's fields as a record shows them (JSON-ready); ``expired`` as of ``at``."""
+    s = cert.summary
+    return {
+        "subject": s.subject_text, "common_name": s.common_name, "issuer": s.issuer_text,
+        "san": [f"{kind}:{value}" for kind, value in s.san], "serial": f"{s.serial_number:x}",
+        "not_before": _iso(s.not_before), "not_after": _iso(s.not_after),
+        "expired": s.not_after.timestamp() < at, "self_signed": s.self_signed, "version": s.version,
+        "key_type": s.public_key_algorithm, "key_bits": s.public_key_bits,
+        "signature_algorithm": s.signature_algorithm,
+        "sha256": s.sha256, "sha1": s.sha1, "spki_sha256": s.spki_sha256,
+    }
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _split_peer(peer: str) -> tuple[str | None, int | None]:
@@ -109,7 +143,7 @@ def _split_peer(peer: str) -> tuple[str | None, int | None]:
 
 def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError, **times) -> ProbeResult:
     return ProbeResult(index, target, address, False, exc.code, type(exc).__name__, exc.errno or 0, str(exc),
-                       verify_result=getattr(exc, "verify_result", 0), finished_at=time.time(), **times)
+                       finished_at=time.time(), **times)
 
 
 @dataclass
@@ -277,14 +311,14 @@ def _sni_for(context: Context, address: Address, options: ProbeOptions) -> str |
 
 def _result(record: tuple, text: str, address: Address, sni: str | None) -> ProbeResult:
     (index, ok, error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused,
-     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs) = record
+     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs, name_matched, verify_reason) = record
     error_name = error_class = None
     if error:
         exc = _e.from_native(error, sys_errno, message)
         error_name, error_class = exc.code, type(exc).__name__
     return ProbeResult(
         index, text, address, ok, error_name, error_class, sys_errno, message, peer, protocol or None,
-        cipher or None, group or None, alpn or None, verify_result, session_reused, _ms(resolve_ms),
-        _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None, tuple(certs),
-        sni, time.time(),
+        cipher or None, group or None, alpn or None, verify_result, verify_reason, name_matched, session_reused,
+        _ms(resolve_ms), _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None,
+        tuple(certs), sni, time.time(),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._core import ffi, lib
 from .acceptor import Acceptor as acceptor
 from .conn import DONE, WANT_READ, WANT_WRITE, NativeConnection, open_client, open_server
+from .certinfo import describe as certificate
 from .engine import Engine as engine
 
 Connection = NativeConnection
@@ -24,7 +25,7 @@ FEATURES = frozenset({"key_exchange_group", "allow_self_signed_chain"})
 
 __all__ = [
     "DONE", "FEATURES", "acceptor", "NAME", "NativeConnection", "WANT_READ", "WANT_WRITE", "available_transports",
-    "compile_tls", "engine", "error_table", "open_client", "open_server", "openssl_version", "parse",
+    "certificate", "compile_tls", "engine", "error_table", "open_client", "open_server", "openssl_version", "parse",
     "parse_batch", "parse_many", "self_signed",
 ]
 

@@ -22,7 +22,7 @@ import threading
 
 from .. import errors as _e
 from ..address import Address, Transport, ip_literal
-from ..certificate import fingerprint_matches
+from ..certificate import Certificate, fingerprint_matches
 from .._resolve import resolve
 from ..starttls import Dialogue
 from .conn import DONE, WANT_READ, PureConnection, open_client
@@ -52,6 +52,7 @@ class _Timeline:
         self.handshake_timeout = handshake
         self.resolved = self.connected = self.tls_start = self.established = None
         self.phase = "lookup"
+        self.peer: _PeerCertificates | None = None  # once a TLS handshake ended
 
     def saw(self, conn: PureConnection) -> None:
         """Notes the moment the connection's state shows it connected."""
@@ -99,10 +100,25 @@ async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: in
         remove(fd)
 
 
-def _record(index: int, exc: _e.StreamSocketError, times: tuple) -> tuple:
+def _record(index: int, exc: _e.StreamSocketError, times: tuple, peer: _PeerCertificates | None = None) -> tuple:
     """A failed probe's record, laid out as the C engine's (see _native.engine.Engine.take)."""
-    return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, getattr(exc, "verify_result", 0),
-            str(exc), "", "", "", "", "", False, *times, b"", [])
+    certs, (verify_result, reason, name_matched) = peer if peer is not None else ([], (None, None, None))
+    return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, verify_result,
+            str(exc), "", "", "", "", "", False, *times, b"", certs, name_matched, reason)
+
+
+_PeerCertificates = tuple  # (list of Certificate, (verify result, its words, name matched))
+
+
+def _peer_certificates(conn: PureConnection, chain: bool) -> _PeerCertificates:
+    """What a TLS connection's peer sent, and how far it would be trusted."""
+    certs = []
+    for der in conn.peer_certs(chain):
+        try:
+            certs.append(Certificate(der))
+        except ValueError:
+            break  # one the DER reader rejects ends the chain here, as a full arena does natively
+    return certs, conn.trust()
 
 
 class Engine:
@@ -281,13 +297,13 @@ class Engine:
                     greeting = await self._starttls(clock, conn, a, starttls_tls)
                 clock.established = self.loop.time()
             except _e.StreamSocketError as exc:
-                return _record(index, exc, clock.times())
+                return _record(index, exc, clock.times(), clock.peer)
             banner = await self._after(clock, conn, a, tls or starttls_tls, greeting[: self.options.banner])
             info = conn.tls_info() if conn.is_tls else {}
-            ders = conn.peer_certs(self.options.capture_chain) if conn.is_tls else []
-            return (index, True, _e.OK, 0, 0, "", conn.name(True), info.get("protocol", ""),
+            certs, (verify_result, reason, name_matched) = clock.peer or ([], (None, None, None))
+            return (index, True, _e.OK, 0, verify_result, "", conn.name(True), info.get("protocol", ""),
                     info.get("cipher_name", ""), info.get("group") or "", info.get("alpn_protocol") or "",
-                    bool(info.get("session_reused")), *clock.times(), banner, ders)
+                    bool(info.get("session_reused")), *clock.times(), banner, certs, name_matched, reason)
         finally:
             if conn is not None:
                 conn.close()
@@ -298,12 +314,16 @@ class Engine:
     async def _drive(self, clock: _Timeline, conn: PureConnection) -> None:
         """Steps the connection (connect, TLS handshake) to done within the
         deadlines, then checks the pins before any payload goes out."""
-        while True:
-            rc = conn.step(None)
-            clock.saw(conn)
-            if rc == DONE:
-                break
-            await clock.within(_ready(self.loop, conn, rc))
+        try:
+            while True:
+                rc = conn.step(None)
+                clock.saw(conn)
+                if rc == DONE:
+                    break
+                await clock.within(_ready(self.loop, conn, rc))
+        finally:
+            if conn.is_tls:  # after the handshake, or its failure: what the peer sent
+                clock.peer = _peer_certificates(conn, self.options.capture_chain)
         if self.pins and conn.is_tls:
             ders = conn.peer_certs(False)
             if not ders or not fingerprint_matches(ders[0], self.pins):
