@@ -27,6 +27,10 @@ bytes per connection are the slope of the client's malloc heap in use
 also runs with OpenSSL's record buffers given back while a connection waits
 (SSL_MODE_RELEASE_BUFFERS, SSL_free_buffers: what the engine does).
 
+Record fields (bench/_probe_fingerprints.py): what decoding a record's
+certificate and computing JA3S, JA4S and JA4X cost, per record, as a share
+of the native probe's CPU per handshake (all are computed only when asked).
+
 Live among dead (bench/_probe_mix.py): one target in a hundred a live TLS
 server, the rest a closed port, 1,000 at once; live hosts reported dead, and
 the live handshakes' p50 against the live targets probed alone.
@@ -56,6 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _probe_fingerprints  # noqa: E402
 import _probe_memory  # noqa: E402
 import _probe_mix  # noqa: E402
 from bench_handshake import _pin, make_pki, start_server  # noqa: E402
@@ -371,6 +376,7 @@ def main() -> None:
         server, port = start_server(certfile, keyfile)
         try:
             table = throughput(contenders(c_binary, engine_binary, port, cafile), args.targets, args.rounds)
+            fingerprints = _probe_fingerprints.measure(port, cafile, args.targets)
         finally:
             server.kill()
             server.wait()
@@ -386,6 +392,8 @@ def main() -> None:
     report["cpu_elsewhere"] = elsewhere
     print(f"CPU time spent outside the benchmark's processes during these runs: {elsewhere:.0%} of the busy "
           f"time{' (other jobs were running: the figures are skewed)' if elsewhere > 0.1 else ''}")
+    report["record_fields"] = fingerprints
+    _probe_fingerprints.print_fingerprints(fingerprints, args.targets)
     if memory_results:
         report["memory"] = memory_results
         report["native_memory_kb"] = print_memory(memory_results, args.memory_connections)

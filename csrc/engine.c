@@ -230,6 +230,7 @@ int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *st
     p->conn = conn;
     p->id = id;
     p->watched_fd = -1;
+    conn->capture_hello = 1;
     if (starttls_tls && e->opts.starttls != SS_STARTTLS_NONE)
         p->starttls_tls = ss__tls_ctx_ref(starttls_tls);
     e->queue_len++;
@@ -691,6 +692,13 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     if (p->banner_len)
         memcpy(arena + used, p->banner, p->banner_len);
     used += p->banner_len;
+    uint32_t server_hello_off = used;
+    size_t server_hello_len = p->conn->server_hello_len;
+    if (server_hello_len > arena_cap - used)
+        return 0; /* at most SS_SERVER_HELLO_MAX: fits an empty arena beside the banner */
+    if (server_hello_len)
+        memcpy(arena + used, p->conn->server_hello, server_hello_len);
+    used += (uint32_t)server_hello_len;
     uint32_t certs_off = used;
     for (int32_t i = 0; i < (e->opts.capture_chain ? 16 : 1); i++) {
         X509 *cert = ss__tls_peer_cert(p->conn, i);
@@ -709,6 +717,8 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     r->banner_len = p->banner_len;
     r->certs_off = certs_off;
     r->certs_len = used - certs_off;
+    r->server_hello_off = server_hello_off;
+    r->server_hello_len = (uint32_t)server_hello_len;
     r->ok = p->established_ns != 0;
     if (!r->ok) { /* after establishment nothing counts as a failure */
         ss_error_info_t err;

@@ -76,6 +76,8 @@ void ss__drain_openssl_errors(char *buf, size_t cap);
 
 /* ---- tls.c ------------------------------------------------------------ */
 
+#define SS_SERVER_HELLO_MAX 4096 /* a ServerHello's extensions are few and short */
+
 struct ss_tls_ctx {
     SSL_CTX *ssl_ctx;
     atomic_int refs;            /* Python's owner + each conn using it */
@@ -268,6 +270,10 @@ struct ss_conn {
     char *handback;             /* data read while waiting for close_notify */
     size_t handback_len;
     size_t handback_off;
+    int capture_hello;          /* client: keep the first ServerHello (fingerprints), up to
+                                 * SS_SERVER_HELLO_MAX bytes */
+    unsigned char *server_hello; /* its body, without the handshake header */
+    size_t server_hello_len;
     ss_error_info_t err;
 };
 

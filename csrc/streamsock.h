@@ -527,7 +527,8 @@ typedef struct ss_engine_options {
 } ss_engine_options_t;
 
 /* One finished probe. Variable-size data lives in the caller's arena:
- * banner bytes at banner_off, and certificates at certs_off as a sequence of
+ * banner bytes at banner_off, the ServerHello at server_hello_off (for JA3S
+ * and JA4S), and certificates at certs_off as a sequence of
  * ss_cert_info_t blocks (leaf first), whatever the outcome once a
  * certificate arrived. verify_result and name_matched are ss_trust_t's, also
  * when verification was not enforced. Times are phase durations in
@@ -559,6 +560,8 @@ typedef struct ss_probe_result {
     uint32_t certs_off;
     uint32_t certs_len;
     int32_t name_matched;    /* ss_trust_t's */
+    uint32_t server_hello_off; /* the ServerHello's body, as received (TLS) */
+    uint32_t server_hello_len;
 } ss_probe_result_t;
 
 ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err);

@@ -464,6 +464,25 @@ static const char *expected_name(const ss_conn_t *conn)
     return conn->peer_name ? conn->peer_name : conn->host;
 }
 
+/* Keeps a copy of the first ServerHello the client receives: JA3S and JA4S
+ * read its version, cipher and extensions in the order the server sent them. */
+static void keep_server_hello(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
+                              void *arg)
+{
+    (void)version;
+    (void)ssl;
+    ss_conn_t *conn = arg;
+    const unsigned char *message = buf;
+    if (write_p || content_type != SSL3_RT_HANDSHAKE || len < 4 || message[0] != SSL3_MT_SERVER_HELLO ||
+        conn->server_hello || len - 4 > SS_SERVER_HELLO_MAX)
+        return;
+    conn->server_hello = malloc(len - 4);
+    if (!conn->server_hello)
+        return; /* a fingerprint is not worth failing the handshake for */
+    memcpy(conn->server_hello, message + 4, len - 4);
+    conn->server_hello_len = len - 4;
+}
+
 int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
 {
     ERR_clear_error();
@@ -499,6 +518,10 @@ int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
                 return ss__fail_tls(&conn->err, SS_ERR_TLS_CONFIG, NULL, 0, "invalid peer name");
             }
         }
+    }
+    if (conn->capture_hello && !ctx->server) {
+        SSL_set_msg_callback(ssl, keep_server_hello);
+        SSL_set_msg_callback_arg(ssl, conn);
     }
     if (conn->offer_session && !ctx->server) {
         SSL_set_session(ssl, conn->offer_session);

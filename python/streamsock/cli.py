@@ -321,7 +321,11 @@ def _add_probe_parser(sub) -> None:
     p.add_argument("--banner", type=int, default=0, metavar="N", help="keep up to N bytes of the reply")
     p.add_argument("--resume", action="store_true", help="resume TLS sessions for repeated targets")
     p.add_argument("--chain", action="store_true",
-                   help='add the certificate chain the server sent ("chain": base64 DER, leaf first)')
+                   help='add the certificate chain the server sent ("chain": each certificate\'s fields and '
+                        'base64 DER, leaf first)')
+    p.add_argument("--ja4plus", action="store_true",
+                   help="add the JA4S and JA4X fingerprints (JA4+: FoxIO License 1.1, free for internal and "
+                        "academic use, not for monetization)")
     p.add_argument("--json", action="store_const", const="jsonl", dest="format", help="short for --format jsonl")
     p.add_argument("--alpn", metavar="LIST", help="ALPN protocols to offer, e.g. h2,http/1.1")
     p.add_argument("--cert", metavar="FILE", help="a client certificate (PEM; may hold the key too)")

@@ -25,6 +25,7 @@ from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
 from .address import Address, Transport, ip_literal, split_host_port
 from .certificate import Certificate
+from .fingerprint import ja3s, parse_server_hello
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 from .starttls import PROTOCOLS
 
@@ -71,6 +72,7 @@ class ProbeResult:
     certificate: Certificate | None = None  # the leaf, also when the handshake failed after it arrived
     chain: tuple[Certificate, ...] = ()  # with capture_chain: every certificate sent, leaf first
     sni: str | None = None       # the server name sent in the ClientHello (TLS targets)
+    server_hello: bytes = b""    # the body of the first ServerHello received (TLS targets)
     finished_at: float = 0.0     # when the probe ended (seconds since the epoch)
 
     @property
@@ -80,6 +82,27 @@ class ProbeResult:
     @property
     def cert_sha256(self) -> str | None:
         return self.certificate.fingerprint("sha256") if self.certificate is not None else None
+
+    @property
+    def ja3s(self) -> str | None:
+        """JA3S of the ServerHello (None without one)."""
+        hello = parse_server_hello(self.server_hello) if self.server_hello else None
+        return ja3s(hello) if hello is not None else None
+
+    @property
+    def ja4s(self) -> str | None:
+        """JA4S of the ServerHello: a JA4+ fingerprint (FoxIO License 1.1, see streamsock.ja4plus)."""
+        from .ja4plus import ja4s
+
+        hello = parse_server_hello(self.server_hello) if self.server_hello else None
+        return ja4s(hello) if hello is not None else None
+
+    @property
+    def ja4x(self) -> str | None:
+        """JA4X of the leaf certificate: a JA4+ fingerprint (FoxIO License 1.1, see streamsock.ja4plus)."""
+        from .ja4plus import ja4x
+
+        return _ja4x_or_none(ja4x, self.certificate)
 
     @property
     def trusted(self) -> bool | None:
@@ -99,7 +122,8 @@ class ProbeResult:
         """The IP address connected to (None when no connection was made, or for unix sockets)."""
         return _split_peer(self.peer)[0]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, ja4plus: bool = False) -> dict:
+        """The record as JSON-ready values; ``ja4plus`` adds JA4S and JA4X (FoxIO License 1.1)."""
         address = self.address
         port = address.port if address is not None and address.port is not None else _split_peer(self.peer)[1]
         return {
@@ -113,8 +137,18 @@ class ProbeResult:
             "session_reused": self.session_reused, "resolve_ms": self.resolve_ms, "connect_ms": self.connect_ms,
             "handshake_ms": self.handshake_ms, "total_ms": self.total_ms,
             "banner": self.banner.decode("latin-1"), "cert_sha256": self.cert_sha256,
+            "ja3s": self.ja3s,
             "cert": certificate_record(self.certificate, self.finished_at) if self.certificate is not None else None,
-        }
+        } | ({"ja4s": self.ja4s, "ja4x": self.ja4x} if ja4plus else {})
+
+
+def _ja4x_or_none(ja4x, cert: Certificate | None) -> str | None:
+    if cert is None:
+        return None
+    try:
+        return ja4x(cert.der)
+    except ValueError:  # a certificate the DER reader cannot walk
+        return None
 
 
 def certificate_record(cert: Certificate, at: float) -> dict:
@@ -220,12 +254,31 @@ def _text_of(target: object) -> str:
         return f"<unprintable {type(target).__name__}>"
 
 
+class ProbeRun(Iterator[ProbeResult]):
+    """probe()'s results, one ProbeResult per target as it finishes (in finishing
+    order; ``index`` says which input it was), and how many are under way."""
+
+    def __init__(self, backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions) -> None:
+        self._handed: dict[int, tuple] = {}
+        self._results = _owned_by_this_process(_probe(backend, targets, context, options, self._handed))
+
+    def __next__(self) -> ProbeResult:
+        return next(self._results)
+
+    def close(self) -> None:
+        """Stops the probe: connections under way are closed, unread targets left unread."""
+        self._results.close()
+
+    @property
+    def in_flight(self) -> int:
+        """Targets handed to the engine and not reported yet (after close(): those it stopped)."""
+        return len(self._handed)
+
+
 def probe(backend, targets: Iterable[str | Address], context: Context | None = None,
-          options: ProbeOptions | None = None) -> Iterator[ProbeResult]:
-    """Probe every target; yields a ProbeResult per target as it finishes (in
-    finishing order; ``index`` says which input it was)."""
-    context = context if context is not None else DEFAULT_CONTEXT
-    return _owned_by_this_process(_probe(backend, targets, context, options or ProbeOptions()))
+          options: ProbeOptions | None = None) -> ProbeRun:
+    """Probe every target; see ProbeRun."""
+    return ProbeRun(backend, targets, context if context is not None else DEFAULT_CONTEXT, options or ProbeOptions())
 
 
 def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
@@ -247,9 +300,10 @@ def _tls_for(backend, context: Context, address: Address, options: ProbeOptions)
     return (backend.tls_context(context, False, address.transport) if address.secure else None), None
 
 
-def _probe(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
+def _probe(backend, targets, context: Context, options: ProbeOptions,
+           meta: dict[int, tuple[str, Address, str | None]]) -> Iterator[ProbeResult]:
+    """The probe; ``meta`` holds the targets handed to the engine and not yet reported."""
     engine = backend.engine(options, context)
-    meta: dict[int, tuple[str, Address, str | None]] = {}  # the targets handed to the engine, not yet reported
     tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed over ahead of time
     refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
@@ -311,7 +365,7 @@ def _sni_for(context: Context, address: Address, options: ProbeOptions) -> str |
 
 def _result(record: tuple, text: str, address: Address, sni: str | None) -> ProbeResult:
     (index, ok, error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused,
-     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs, name_matched, verify_reason) = record
+     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs, name_matched, verify_reason, server_hello) = record
     error_name = error_class = None
     if error:
         exc = _e.from_native(error, sys_errno, message)
@@ -320,5 +374,5 @@ def _result(record: tuple, text: str, address: Address, sni: str | None) -> Prob
         index, text, address, ok, error_name, error_class, sys_errno, message, peer, protocol or None,
         cipher or None, group or None, alpn or None, verify_result, verify_reason, name_matched, session_reused,
         _ms(resolve_ms), _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None,
-        tuple(certs), sni, time.time(),
+        tuple(certs), sni, server_hello, time.time(),
     )

@@ -18,7 +18,7 @@ def _record_struct() -> struct.Struct:
               ("session_reused", "i"), ("message", "256s"), ("protocol", "16s"), ("cipher", "64s"), ("group", "64s"),
               ("alpn", "64s"), ("peer", "64s"), ("resolve_ms", "d"), ("connect_ms", "d"), ("handshake_ms", "d"),
               ("total_ms", "d"), ("banner_off", "I"), ("banner_len", "I"), ("certs_off", "I"), ("certs_len", "I"),
-              ("name_matched", "i"))
+              ("name_matched", "i"), ("server_hello_off", "I"), ("server_hello_len", "I"))
     fmt, at = "=", 0
     for name, code in fields:
         offset = ffi.offsetof("ss_probe_result_t", name)
@@ -106,7 +106,7 @@ class Engine:
         """Finished probes (waiting up to timeout_ms for the first) as tuples: (id, ok,
         error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn,
         session_reused, resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs,
-        name_matched, verify_reason); texts "" and times -1 when absent, certs as Certificates;
+        name_matched, verify_reason, server_hello); texts "" and times -1 when absent, certs as Certificates;
         verify_result, name_matched and verify_reason None when no certificate was received."""
         n = lib.ss_engine_thread_take(self._h, timeout_ms, self._records, self._arena)
         if n < 0:
@@ -120,7 +120,7 @@ class Engine:
         out = []
         for (index, ok, error, sys_errno, verify_result, _state, session_reused, message, protocol, cipher, group,
              alpn, peer, resolve_ms, connect_ms, handshake_ms, total_ms, banner_off, banner_len, certs_off,
-             certs_len, name_matched) in rows:
+             certs_len, name_matched, server_hello_off, server_hello_len) in rows:
             known = verify_result >= 0
             out.append((
                 index, ok != 0, error, sys_errno, verify_result if known else None, _field(message), _field(peer),
@@ -129,6 +129,7 @@ class Engine:
                 handshake_ms, total_ms, arena[banner_off : banner_off + banner_len],
                 read_blocks(arena, certs_off, certs_len) if certs_len else [],
                 None if name_matched < 0 else name_matched != 0, verify_reason(verify_result) if known else None,
+                arena[server_hello_off : server_hello_off + server_hello_len],
             ))
         return out
 

@@ -30,6 +30,7 @@ import termios
 from .. import errors as _e
 from .._deadline import deadline_after, time_left
 from ..address import Address, Transport, ip_literal
+from ..fingerprint import server_hello_from_records
 from .trust import NAME_MISMATCH, VERIFIED, verify_failure
 from .tls import (
     _X509_V_ERR_HOSTNAME_MISMATCH,
@@ -87,6 +88,9 @@ class PureConnection:
         self._handback = bytearray()
         self._shutdown_sent = False
         self._error: tuple[int, int, str] | None = None
+        self.capture_hello = False  # keep the first ServerHello (fingerprints), as the C core's capture_hello
+        self.server_hello = b""
+        self._hello_tap: bytearray | None = None
         self._peer_name = context.peer_name(address) if address.host is not None else None
         self._verify_peer_name = context.verify_peer_name
         self._sni = context.sni_enabled
@@ -227,6 +231,8 @@ class PureConnection:
         self._tls = tls
         self._shutdown_sent = False
         self._verify_failure: tuple[int, str] | None = None
+        if self.capture_hello and not s.server and not self.server_hello:
+            self._hello_tap = bytearray()
 
     def _detach(self) -> None:
         self._ssl = None
@@ -259,10 +265,21 @@ class PureConnection:
         except BlockingIOError:
             return WANT_READ
         if data:
+            if self._hello_tap is not None:
+                self._tap_hello(data)
             self._in.write(data)
         else:
             self._in.write_eof()
         return DONE
+
+    def _tap_hello(self, data: bytes) -> None:
+        """Keeps the ServerHello from the first records the server sends."""
+        tap = self._hello_tap
+        tap += data
+        found = server_hello_from_records(tap)
+        if found is not None:
+            self.server_hello = found
+            self._hello_tap = None
 
     def _tls_call(self, operation, *args, reading: bool = False):
         """Runs an SSLObject operation, pumping I/O: (result, want). A read

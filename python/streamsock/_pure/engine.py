@@ -102,12 +102,13 @@ async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: in
 
 def _record(index: int, exc: _e.StreamSocketError, times: tuple, peer: _PeerCertificates | None = None) -> tuple:
     """A failed probe's record, laid out as the C engine's (see _native.engine.Engine.take)."""
-    certs, (verify_result, reason, name_matched) = peer if peer is not None else ([], (None, None, None))
+    certs, (verify_result, reason, name_matched), _ = peer if peer is not None else ([], (None, None, None), b"")
     return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, verify_result,
-            str(exc), "", "", "", "", "", False, *times, b"", certs, name_matched, reason)
+            str(exc), "", "", "", "", "", False, *times, b"", certs, name_matched, reason,
+            peer[2] if peer is not None else b"")
 
 
-_PeerCertificates = tuple  # (list of Certificate, (verify result, its words, name matched))
+_PeerCertificates = tuple  # (list of Certificate, (verify result, its words, name matched), ServerHello body)
 
 
 def _peer_certificates(conn: PureConnection, chain: bool) -> _PeerCertificates:
@@ -118,7 +119,7 @@ def _peer_certificates(conn: PureConnection, chain: bool) -> _PeerCertificates:
             certs.append(Certificate(der))
         except ValueError:
             break  # one the DER reader rejects ends the chain here, as a full arena does natively
-    return certs, conn.trust()
+    return certs, conn.trust(), conn.server_hello
 
 
 class Engine:
@@ -300,10 +301,11 @@ class Engine:
                 return _record(index, exc, clock.times(), clock.peer)
             banner = await self._after(clock, conn, a, tls or starttls_tls, greeting[: self.options.banner])
             info = conn.tls_info() if conn.is_tls else {}
-            certs, (verify_result, reason, name_matched) = clock.peer or ([], (None, None, None))
+            certs, (verify_result, reason, name_matched), server_hello = clock.peer or ([], (None, None, None), b"")
             return (index, True, _e.OK, 0, verify_result, "", conn.name(True), info.get("protocol", ""),
                     info.get("cipher_name", ""), info.get("group") or "", info.get("alpn_protocol") or "",
-                    bool(info.get("session_reused")), *clock.times(), banner, certs, name_matched, reason)
+                    bool(info.get("session_reused")), *clock.times(), banner, certs, name_matched, reason,
+                    server_hello)
         finally:
             if conn is not None:
                 conn.close()
@@ -343,6 +345,7 @@ class Engine:
             target = a if host == a.host else Address(Transport.TCP, host, a.port)
             conn = open_client(target, ctx, tls if target is a else None)
             conn.offer_session = session
+            conn.capture_hello = True
             try:
                 await self._drive(clock, conn)
                 if tls is not None and not conn.is_tls:
