@@ -1,7 +1,9 @@
 """Certificates and trust in probe records and verification errors, on both backends.
 
 Every TLS record carries the certificate the peer sent and how far it would be
-trusted, whether or not verification was enforced. The expected verify results
+trusted, whether or not verification was enforced. The servers are
+`openssl s_server` and Python's ssl, presenting certificates made for the
+tests: trusted, wrong name, expired, self-signed, unknown CA, a long chain. The expected verify results
 and their words come from `openssl verify` run on the same certificates, and
 the certificate fields from the DER reader (streamsock.certificate), which
 tests/test_certificate.py holds to `openssl x509`.
@@ -20,7 +22,7 @@ import sys
 import pytest
 
 import streamsock as ss
-from peers import PyTLSServer
+from peers import OpenSSLServer, PyTLSServer
 from streamsock.certificate import Certificate
 
 NAME = "localhost"
@@ -94,8 +96,11 @@ def openssl_name_matches(cert: Served, hostname: str) -> bool:
 KINDS = ["trusted", "wrong-name", "expired", "self-signed", "unknown-ca", "long-chain"]
 
 
-def probe_one(backend, cert: Served, ssl_options: dict, **options):
-    with PyTLSServer(cert.certfile, cert.keyfile) as peer:
+def probe_one(backend, cert: Served, ssl_options: dict, *, openssl: bool = False, **options):
+    """One probe against Python's ssl as the server, or `openssl s_server` (sending the chain too)."""
+    peer = (OpenSSLServer(cert.certfile, cert.keyfile, extra_args=["-cert_chain", cert.certfile]) if openssl else
+            PyTLSServer(cert.certfile, cert.keyfile))
+    with peer:
         [record] = backend.probe([f"tls://127.0.0.1:{peer.port}"], timeout=10, context=ss.Context(ssl=ssl_options),
                                  **options)
     return record
@@ -105,7 +110,7 @@ def probe_one(backend, cert: Served, ssl_options: dict, **options):
 def test_a_record_says_why_a_certificate_would_not_be_trusted_when_not_enforced(backend, pki, long_chain, which):
     cert = served(pki, which, long_chain)
     record = probe_one(backend, cert, {"verify_peer": False, "verify_peer_name": False, "cafile": pki.cafile,
-                                       "peer_name": NAME})
+                                       "peer_name": NAME}, openssl=True)
     assert record.ok, record.message
     assert record.certificate == cert.leaf and record.cert_sha256 == hashlib.sha256(cert.leaf.der).hexdigest()
     assert (record.verify_result, record.verify_reason) == openssl_verify(pki.cafile, cert)
