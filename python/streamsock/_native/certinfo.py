@@ -7,27 +7,17 @@ import datetime
 import struct
 
 from ..certificate import Certificate, Summary, ip_text
+from ._cdata import struct_of
 from ._core import ffi, lib
 
 
-def _header_struct() -> struct.Struct:
-    """ss_cert_info_t as a struct format, pads taken from the compiler's layout."""
-    fields = (("block_len", "I"), ("der_off", "I"), ("der_len", "I"), ("subject_off", "I"), ("subject_len", "I"),
-              ("issuer_off", "I"), ("issuer_len", "I"), ("common_name_off", "I"), ("common_name_len", "I"),
-              ("san_off", "I"), ("san_len", "I"), ("serial_off", "I"), ("serial_len", "I"), ("version", "i"),
-              ("not_before", "q"), ("not_after", "q"), ("key_bits", "i"), ("self_signed", "i"),
-              ("key_type", "32s"), ("signature_algorithm", "64s"), ("sha256", "32s"), ("sha1", "20s"),
-              ("spki_sha256", "32s"))
-    fmt, at = "=", 0
-    for name, code in fields:
-        offset = ffi.offsetof("ss_cert_info_t", name)
-        fmt += f"{offset - at}x{code}" if offset > at else code
-        at = offset + struct.calcsize("=" + code)
-    size = ffi.sizeof("ss_cert_info_t")
-    return struct.Struct(fmt + (f"{size - at}x" if size > at else ""))
-
-
-_HEADER = _header_struct()
+_HEADER = struct_of("ss_cert_info_t", (
+    ("block_len", "I"), ("der_off", "I"), ("der_len", "I"), ("subject_off", "I"), ("subject_len", "I"),
+    ("issuer_off", "I"), ("issuer_len", "I"), ("common_name_off", "I"), ("common_name_len", "I"),
+    ("san_off", "I"), ("san_len", "I"), ("serial_off", "I"), ("serial_len", "I"), ("version", "i"),
+    ("not_before", "q"), ("not_after", "q"), ("key_bits", "i"), ("self_signed", "i"),
+    ("key_type", "32s"), ("signature_algorithm", "64s"), ("sha256", "32s"), ("sha1", "20s"),
+    ("spki_sha256", "32s")))
 _LENGTHS = struct.Struct("=III")  # block_len, der_off, der_len: the header's start
 _SAN_KINDS = {1: "DNS", 2: "IP Address", 3: "email", 4: "URI"}
 _UTC = datetime.timezone.utc

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import struct
 
 from .. import errors as _e
 from ..address import Address
-from ._cdata import raise_record, timeout_ms
+from ._cdata import raise_record, struct_of, timeout_ms
 from .certinfo import read_blocks, verify_reason
 from .conn import cached_options
 from ._core import ffi, lib
 
 
-def _record_struct() -> struct.Struct:
-    """ss_probe_result_t as a struct format, pads taken from the compiler's layout."""
-    fields = (("id", "Q"), ("ok", "i"), ("error", "i"), ("sys_errno", "i"), ("verify_result", "i"), ("state", "i"),
-              ("session_reused", "i"), ("message", "256s"), ("protocol", "16s"), ("cipher", "64s"), ("group", "64s"),
-              ("alpn", "64s"), ("peer", "64s"), ("resolve_ms", "d"), ("connect_ms", "d"), ("handshake_ms", "d"),
-              ("total_ms", "d"), ("banner_off", "I"), ("banner_len", "I"), ("certs_off", "I"), ("certs_len", "I"),
-              ("name_matched", "i"), ("server_hello_off", "I"), ("server_hello_len", "I"))
-    fmt, at = "=", 0
-    for name, code in fields:
-        offset = ffi.offsetof("ss_probe_result_t", name)
-        fmt += f"{offset - at}x{code}" if offset > at else code
-        at = offset + struct.calcsize("=" + code)
-    size = ffi.sizeof("ss_probe_result_t")
-    return struct.Struct(fmt + (f"{size - at}x" if size > at else ""))
-
-
-_RECORD = _record_struct()
+_RECORD = struct_of("ss_probe_result_t", (
+    ("id", "Q"), ("ok", "i"), ("error", "i"), ("sys_errno", "i"), ("verify_result", "i"), ("state", "i"),
+    ("session_reused", "i"), ("message", "256s"), ("protocol", "16s"), ("cipher", "64s"), ("group", "64s"),
+    ("alpn", "64s"), ("peer", "64s"), ("resolve_ms", "d"), ("connect_ms", "d"), ("handshake_ms", "d"),
+    ("total_ms", "d"), ("banner_off", "I"), ("banner_len", "I"), ("certs_off", "I"), ("certs_len", "I"),
+    ("name_matched", "i"), ("server_hello_off", "I"), ("server_hello_len", "I")))
 _ARENA_VIEW = 2 << 20  # a view over a batch's arena (BATCH_ARENA in csrc/engine_thread.c); only
                        # the ranges the records name are read
 
