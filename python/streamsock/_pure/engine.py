@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import threading
 
@@ -39,13 +40,59 @@ BATCH_WAIT = 0.010
 _NO_TIME = -1.0          # a phase not reached, as the C records say it
 
 
+class _EngineClock:
+    """The probes' time: the loop's, less the time it stood still between take()
+    calls. Without a thread of its own the loop runs only while the caller waits
+    for records; a probe under way while the caller is busy elsewhere must not
+    count that time, nor see its deadlines pass for it (its socket's readiness
+    and its timer would come due together, and asyncio runs the timer first)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.stood_still = 0.0
+        self.stopped_at: float | None = None
+        self.timeouts: set[asyncio.Timeout] = set()  # the probes' deadlines being awaited
+
+    def now(self) -> float:
+        return self.loop.time() - self.stood_still
+
+    def stop(self) -> None:
+        self.stopped_at = self.loop.time()
+
+    def resume(self) -> None:
+        """Before the loop runs again (callbacks left from its last run go first):
+        the pause is not the probes' time, and their deadlines move on by it."""
+        if self.stopped_at is None:
+            return
+        pause, self.stopped_at = self.loop.time() - self.stopped_at, None
+        self.stood_still += pause
+        asyncio._set_running_loop(self.loop)  # Timeout.reschedule asks for it; the loop is ours and idle
+        try:
+            for timeout in self.timeouts:
+                when = timeout.when()
+                if when is not None and not timeout.expired():  # one already expiring has cancelled its task
+                    timeout.reschedule(when + pause)
+        finally:
+            asyncio._set_running_loop(None)
+
+    @contextlib.asynccontextmanager
+    async def timeout_at(self, when: float):
+        """asyncio.timeout_at for a moment of this clock, moved on by any pause."""
+        async with asyncio.timeout_at(when + self.stood_still) as timeout:
+            self.timeouts.add(timeout)
+            try:
+                yield timeout
+            finally:
+                self.timeouts.discard(timeout)
+
+
 class _Timeline:
     """One probe's clock: when each phase began, which deadline holds now, and
     the engine's words for a deadline that passed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, options) -> None:
-        self.loop = loop
-        self.start = loop.time()
+    def __init__(self, clock: _EngineClock, options) -> None:
+        self.clock = clock
+        self.start = clock.now()
         connect, handshake = options.phase_timeouts()
         self.total_at = self.start + options.timeout
         self.connect_at = min(self.total_at, self.start + connect)
@@ -57,7 +104,7 @@ class _Timeline:
     def saw(self, conn: PureConnection) -> None:
         """Notes the moment the connection's state shows it connected."""
         if self.connected is None and conn.state in ("handshaking", "established"):
-            self.connected = self.loop.time()
+            self.connected = self.clock.now()
             self.phase = "dialogue"
             if conn.state == "handshaking" or conn.is_tls:  # a fast peer: done in one step
                 self.tls_start, self.phase = self.connected, "handshake"
@@ -69,7 +116,7 @@ class _Timeline:
 
     async def within(self, awaitable):
         try:
-            async with asyncio.timeout_at(self.deadline()):
+            async with self.clock.timeout_at(self.deadline()):
                 return await awaitable
         except TimeoutError as exc:
             if isinstance(exc, _e.StreamSocketError):
@@ -83,7 +130,7 @@ class _Timeline:
         def span(a, b):
             return (b - a) * 1000 if a is not None and b is not None else _NO_TIME
         return (span(self.start, self.resolved), span(self.resolved, self.connected),
-                span(self.tls_start, self.established), (self.loop.time() - self.start) * 1000)
+                span(self.tls_start, self.established), (self.clock.now() - self.start) * 1000)
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: int) -> None:
@@ -136,6 +183,7 @@ class Engine:
         self.cond = threading.Condition()
         self.tokens = 1.0
         self.loop = asyncio.new_event_loop()
+        self.clock = _EngineClock(self.loop)
         self.tokens_at = self.loop.time()
         self.pump_later: asyncio.TimerHandle | None = None
         self.pump_next_turn = False  # a _pump is scheduled for the loop's next turn
@@ -159,7 +207,11 @@ class Engine:
         """Finished probes, waiting up to ``timeout_ms`` for the first."""
         if self.thread is None:
             if not self.results:
-                self.loop.run_until_complete(self._until_results(timeout_ms / 1000))
+                self.clock.resume()
+                try:
+                    self.loop.run_until_complete(self._until_results(timeout_ms / 1000))
+                finally:
+                    self.clock.stop()
         else:
             with self.cond:
                 self.cond.wait_for(lambda: self.results, timeout_ms / 1000)
@@ -288,7 +340,7 @@ class Engine:
     # -- one probe ---------------------------------------------------------------------------------
 
     async def _probe(self, index: int, a: Address, tls, starttls_tls) -> tuple:
-        clock = _Timeline(self.loop, self.options)
+        clock = _Timeline(self.clock, self.options)
         conn = None
         try:
             try:
@@ -296,7 +348,7 @@ class Engine:
                 greeting = b""
                 if starttls_tls is not None:
                     greeting = await self._starttls(clock, conn, a, starttls_tls)
-                clock.established = self.loop.time()
+                clock.established = self.clock.now()
             except _e.StreamSocketError as exc:
                 return _record(index, exc, clock.times(), clock.peer)
             banner = await self._after(clock, conn, a, tls or starttls_tls, greeting[: self.options.banner])
@@ -336,7 +388,7 @@ class Engine:
         hosts = [a.host]
         if a.host is not None and ip_literal(a.host) is None:
             hosts = await clock.within(resolve(self.loop, a, None))
-        clock.resolved = self.loop.time()
+        clock.resolved = self.clock.now()
         clock.phase = "connect"
         session = self.sessions.get(self._session_key(tls, a)) if tls is not None and self.options.resume else None
         last: BaseException | None = None
@@ -349,7 +401,7 @@ class Engine:
             try:
                 await self._drive(clock, conn)
                 if tls is not None and not conn.is_tls:
-                    clock.tls_start, clock.phase = self.loop.time(), "handshake"
+                    clock.tls_start, clock.phase = self.clock.now(), "handshake"
                     conn.offer_session = session
                     conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
                     await self._drive(clock, conn)
@@ -393,7 +445,7 @@ class Engine:
             if not data:
                 raise dialogue.eof()
             dialogue.feed(data)
-        clock.tls_start, clock.phase = self.loop.time(), "handshake"
+        clock.tls_start, clock.phase = self.clock.now(), "handshake"
         conn.offer_session = self.sessions.get(self._session_key(tls, a)) if self.options.resume else None
         conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
         await self._drive(clock, conn)
@@ -418,7 +470,7 @@ class Engine:
         """Payload, banner and session ticket: whatever comes before the deadline, an error or EOF."""
         options = self.options
         try:
-            async with asyncio.timeout_at(clock.total_at):
+            async with self.clock.timeout_at(clock.total_at):
                 if options.payload:
                     await self._write(conn, options.payload)
                 if not options.starttls or options.payload:
@@ -430,7 +482,7 @@ class Engine:
             if tls is not None and not self._remember(conn, tls, a):
                 # TLS 1.3: the ticket follows the handshake; wait a little longer than a handshake.
                 spent = clock.established - (clock.tls_start or clock.established)
-                async with asyncio.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
+                async with self.clock.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
                     while not self._remember(conn, tls, a):
                         want = conn.read(4096)  # takes in the ticket; data is not wanted any more
                         if want == b"":
