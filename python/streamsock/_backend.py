@@ -25,7 +25,8 @@ from .address import Address, AddressBatch, Transport, join
 from .context import Context, TLSSettings, check_version_range
 
 __all__ = [
-    "Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "describe", "get", "select",
+    "Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "describe", "get",
+    "select",
 ]
 
 NAMES = ("native", "pure")
