@@ -25,7 +25,10 @@ from .address import Address, AddressBatch, Transport, join
 from .certificate import Certificate
 from .context import Context, TLSSettings, check_version_range
 
-__all__ = ["Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "get", "select"]
+__all__ = [
+    "Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "describe", "get",
+    "select",
+]
 
 NAMES = ("native", "pure")
 ENV = "STREAMSOCK_BACKEND"
@@ -273,13 +276,48 @@ def get(name: str) -> Backend:
         try:
             module = importlib.import_module(f"._{name}", __package__)
         except ImportError as exc:
-            raise BackendUnavailableError(
-                f"the {name} streamsock backend is not available ({exc}); "
-                "reinstall streamsock with a C compiler and the OpenSSL headers "
-                "(Debian: apt-get install gcc libssl-dev), or set STREAMSOCK_BACKEND=pure"
-            ) from exc
+            raise BackendUnavailableError(_unavailable_message(name, exc)) from exc
         _loaded[name] = Backend(module)
     return _loaded[name]
+
+
+_GET_NATIVE = ("install a C compiler and the OpenSSL 3 headers (Debian: apt-get install gcc libssl-dev) and "
+               "reinstall streamsock, bypassing pip's cache of the wheel built without it "
+               "(pip install --force-reinstall --no-cache-dir streamsock, or . in its source tree)")
+
+
+def _native_not_built() -> str | None:
+    """Why the C core was not built, when this streamsock was installed without
+    it (the pure wheel ships the reason CMake gave as ``_native_skipped``)."""
+    try:
+        reason: str = importlib.import_module("._native_skipped", __package__).REASON
+    except ImportError:
+        return None
+    return reason
+
+
+def _unavailable_message(name: str, exc: ImportError) -> str:
+    not_built = _native_not_built() if name == "native" else None
+    if not_built:
+        return (f"the native streamsock backend is not available: this streamsock was installed without its "
+                f"C core ({not_built}); to get it, {_GET_NATIVE}; or set STREAMSOCK_BACKEND=pure")
+    return (f"the {name} streamsock backend is not available ({exc}); {_GET_NATIVE}; "
+            "or set STREAMSOCK_BACKEND=pure")
+
+
+def describe(backend: Backend) -> str:
+    """``backend``'s name, and why the native core is missing when it is:
+    "native backend", or "pure backend (native core not built: <reason>)"."""
+    words = f"{backend.name} backend"
+    if backend.name == "native":
+        return words
+    try:
+        get("native")
+    except BackendUnavailableError as exc:
+        not_built = _native_not_built()
+        why = f"not built: {not_built}" if not_built else f"not loadable: {exc.__cause__ or exc}"
+        return f"{words} (native core {why})"
+    return words
 
 
 def select() -> Backend:

@@ -255,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_version(args: argparse.Namespace) -> int:
     backend = _backend.select()
-    print(f"streamsock {__version__} ({backend.name} backend, {backend.openssl_version()})")
+    print(f"streamsock {__version__}: {_backend.describe(backend)}, {backend.openssl_version()}")
     return 0
 
 
