@@ -26,6 +26,7 @@ from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
 from .address import Address, Transport, ip_literal, split_host_port
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
+from .shard import Selection
 from .starttls import PROTOCOLS
 
 SESSION_CACHE = 1024  # TLS sessions kept with resume=True (one per target)
@@ -153,10 +154,13 @@ class ProbeOptions:
                 min(self.handshake_timeout or self.timeout, self.timeout))
 
 
-def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions):
-    """(index, text, Address or the AddressError) for each target, lazily."""
+def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions, selection: Selection | None = None):
+    """(index, text, Address or the AddressError) for each target ``selection``
+    takes (by default every one), lazily; ``index`` counts every target."""
     for index, target in enumerate(targets):
         text = _text_of(target)
+        if selection is not None and not selection.wants(index, text):
+            continue
         try:
             if isinstance(target, Address):
                 address = target
@@ -187,11 +191,12 @@ def _text_of(target: object) -> str:
 
 
 def probe(backend, targets: Iterable[str | Address], context: Context | None = None,
-          options: ProbeOptions | None = None) -> Iterator[ProbeResult]:
-    """Probe every target; yields a ProbeResult per target as it finishes (in
-    finishing order; ``index`` says which input it was)."""
+          options: ProbeOptions | None = None, selection: Selection | None = None) -> Iterator[ProbeResult]:
+    """Probe every target (those ``selection`` takes: a shard, less the ones
+    to skip); yields a ProbeResult per target as it finishes (in finishing
+    order; ``index`` says which input it was)."""
     context = context if context is not None else DEFAULT_CONTEXT
-    return _owned_by_this_process(_probe(backend, targets, context, options or ProbeOptions()))
+    return _owned_by_this_process(_probe(backend, targets, context, options or ProbeOptions(), selection))
 
 
 def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
@@ -213,13 +218,14 @@ def _tls_for(backend, context: Context, address: Address, options: ProbeOptions)
     return (backend.tls_context(context, False, address.transport) if address.secure else None), None
 
 
-def _probe(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
+def _probe(backend, targets, context: Context, options: ProbeOptions,
+           selection: Selection | None = None) -> Iterator[ProbeResult]:
     engine = backend.engine(options, context)
     meta: dict[int, tuple[str, Address, str | None]] = {}  # the targets handed to the engine, not yet reported
     tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed over ahead of time
     refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
-    source = Prefetch(_parsed(backend, targets, options), high_water)
+    source = Prefetch(_parsed(backend, targets, options, selection), high_water)
     owner = os.getpid()
     try:
         while True:
