@@ -41,11 +41,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     """("I/N" of the command line) as (I, N)."""
     index, slash, count = text.partition("/")
     try:
-        if not slash:
-            raise ValueError
-        return checked_shard((int(index), int(count)))
-    except ValueError as exc:
-        raise ValueError(str(exc) if exc.args else f"a shard is written I/N, e.g. 0/3, not {text!r}") from None
+        numbers = int(index), int(count)
+    except ValueError:
+        slash = ""
+    if not slash:
+        raise ValueError(f"a shard is written I/N, e.g. 0/3, not {text!r}")
+    return checked_shard(numbers)
 
 
 def checked_seed(seed: object) -> int:
