@@ -16,11 +16,8 @@ import time
 
 import pytest
 
+import streamsock.distributed as ssd
 from peers import refused_port
-
-pytest.importorskip("distributed", reason="needs streamsock[dask]")
-
-import streamsock.distributed as ssd  # noqa: E402
 
 CLI = [sys.executable, "-m", "streamsock"]
 DEADLINE = 90.0  # a cluster's start, its tasks and its end
