@@ -32,6 +32,15 @@ from typing import Any, Iterable, Iterator, Sequence
 from .context import Context
 
 LOCAL = "local"  # the cluster: a LocalCluster on this machine, a worker process per core
+# A Dask worker wakes 50 times a second to check its event loop, samples its task's
+# stack every 10 ms and polls psutil twice a second: 3-5 % of a core doing nothing,
+# which a probe pays for every handshake. Workers started here do less of it; for
+# workers started by hand, the same as environment variables (README).
+QUIET_WORKERS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+}
 
 
 @dataclass
@@ -110,13 +119,22 @@ def _client(cluster: Any):
         yield cluster
         return
     if cluster == LOCAL:
-        # A process per core, each running one task at a time: one engine per core.
-        with distributed.LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as local, distributed.Client(local) as client:
+        with local_cluster() as local, distributed.Client(local) as client:
             yield client
         return
     with distributed.Client(cluster) as client:
         yield client
+
+
+def local_cluster(workers: int | None = None):
+    """A Dask LocalCluster for probing: ``workers`` processes (default: one per
+    core), each running one task at a time, so one engine per core."""
+    import dask
+    import distributed
+
+    with dask.config.set(QUIET_WORKERS):  # handed on to the worker processes as they start
+        return distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                        processes=True, dashboard_address=None)
 
 
 def _run(client, spec: dict, shards: int, retries: int, on_report) -> list[ShardReport]:
