@@ -33,13 +33,15 @@ from .context import Context
 
 LOCAL = "local"  # the cluster: a LocalCluster on this machine, a worker process per core
 # A Dask worker wakes 50 times a second to check its event loop, samples its task's
-# stack every 10 ms and polls psutil twice a second: 3-5 % of a core doing nothing,
-# which a probe pays for every handshake. Workers started here do less of it; for
-# workers started by hand, the same as environment variables (README).
+# stack every 10 ms, polls psutil twice a second and its memory ten times: 3-5 % of
+# a core doing nothing, which a probe pays for every handshake. Workers started
+# here do less of it; for workers started by hand, the same as environment
+# variables (README).
 QUIET_WORKERS = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
 }
 
 
