@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 
+import distributed
 import pytest
 
 import streamsock.distributed as ssd
 from peers import refused_port
+from streamsock.shard import shard_of
 
 CLI = [sys.executable, "-m", "streamsock"]
 DEADLINE = 90.0  # a cluster's start, its tasks and its end
@@ -49,6 +51,8 @@ def dask_cluster(tmp_path, workers: int = 2):
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
                  "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60"], stdout=log, stderr=log))
+        with distributed.Client(address, timeout=30) as client:  # every worker there before the first task
+            client.wait_for_workers(workers, timeout=60)
         yield address, processes[1:]
     finally:
         for process in reversed(processes):
@@ -100,9 +104,11 @@ def test_a_worker_killed_mid_task_is_retried_without_duplicates(backend, tmp_pat
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             try:
                 files = [ssd.shard_path(out, i, 2) for i in range(2)]
+                sizes = [sum(shard_of(t, 2) == i for t in targets) for i in range(2)]
 
-                def both_shards_running() -> bool:
-                    return all(os.path.exists(f) and open(f, "rb").read().count(b"\n") >= 100 for f in files)
+                def both_shards_running() -> bool:  # so each is on a worker of its own, half done
+                    lines = [open(f, "rb").read().count(b"\n") if os.path.exists(f) else 0 for f in files]
+                    return all(100 <= n < size for n, size in zip(lines, sizes))
 
                 wait_until(both_shards_running, "records from both shards", process=proc)
                 os.kill(workers[0].pid, signal.SIGKILL)
