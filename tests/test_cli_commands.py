@@ -361,7 +361,7 @@ def test_probe_rate_limits_new_connections(pki, tls_server):
 
 def test_probe_resume_reuses_sessions_for_repeated_targets(pki, tls_server):
     targets = [f"tls://127.0.0.1:{tls_server.port}"] * 4
-    result = run_cli("probe", "--json", "--resume", "-c", "1", "--cafile", pki.cafile, "--peer-name", "localhost",
+    result = run_cli("probe", "--json", "--resume-sessions", "-c", "1", "--cafile", pki.cafile, "--peer-name", "localhost",
                      *targets)
     assert result.returncode == 0, result.stderr.decode()
     records = sorted(json_lines(result.stdout), key=lambda r: r["index"])

@@ -236,13 +236,15 @@ class Backend:
               context: Context | None = None, *, connect_timeout: float | None = None,
               handshake_timeout: float | None = None, payload: bytes = b"", banner: int = 0,
               capture_chain: bool = False, starttls: str | None = None, rate: float | None = None,
-              resume: bool = False) -> Iterator:
+              resume: bool = False, shard: tuple[int, int] | None = None, seed: int = 0,
+              skip=None) -> Iterator:
         """Probe many targets at once; see :func:`streamsock.probe`."""
         from .probe import ProbeOptions, probe
+        from .shard import Selection
 
         options = ProbeOptions(concurrency, timeout, connect_timeout, handshake_timeout, payload, banner,
                                capture_chain, starttls, rate, resume)
-        return probe(self, targets, context, options)
+        return probe(self, targets, context, options, Selection.of(shard, seed, skip))
 
     def self_signed(self, name: str = "localhost", days: int = 30) -> tuple[str, str]:
         """A fresh self-signed certificate and key (PEM) for ``name``, 127.0.0.1

@@ -26,12 +26,17 @@ from .address import Address, Transport
 from .cli import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
 from .errors import AddressError
 from .probe import ProbeResult, certificate_record
+from .resume import ResumeError
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
 _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from .distributed import run_cli
+
+        return run_cli(args)
     files = list(args.file or ())
     if not args.addresses and not files:
         if _is_tty(sys.stdin):
@@ -41,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     files = [_stdin_text() if f is sys.stdin else f for f in files]
     backend = backend_for(args)
     context = tls_client_context(args)
-    total = _count_targets(args.addresses, files)
+    recorded = _resume_from(args)
+    total = _count_targets(args.addresses, files) if args.shard is None else None  # a shard's size is unknown
+    if total is not None and recorded is not None:
+        total -= len(recorded)
     targets = itertools.chain(args.addresses, *(read_lines(f, comments=True) for f in files))
     if args.scheme or args.port:
         targets = map(_defaults_applier(backend, args.scheme, args.port), targets)
@@ -50,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             targets, concurrency=args.concurrency, timeout=args.timeout, context=context,
             connect_timeout=args.connect_timeout, handshake_timeout=args.handshake_timeout, payload=args.payload,
             banner=args.banner, capture_chain=args.chain, starttls=args.starttls, rate=args.rate,
-            resume=args.resume,
+            resume=args.resume_sessions, shard=args.shard, seed=args.seed, skip=recorded,
         )
     except ValueError as exc:  # an option probe() refuses: its rules, not repeated here
         raise UsageError(str(exc)) from None
@@ -71,9 +79,36 @@ def run(args: argparse.Namespace) -> int:
             stats.report(sys.stderr, stopped_by="SIGTERM" if terminated else "Ctrl-C", total=total,
                          in_flight=in_flight)
             return 128 + signal.SIGTERM if terminated else 130
+        except ResumeError as exc:  # --resume FILE written for another input
+            raise UsageError(str(exc)) from None
     progress.finish()
     stats.report(sys.stderr)
     return 0 if stats.failed == 0 else 1
+
+
+def _resume_from(args: argparse.Namespace):
+    """The targets --resume FILE records (None without --resume). The records
+    go on in FILE, in its format, unless -o names another file; a record the
+    kill cut short is dropped from FILE first, so the next starts on a line of its own."""
+    if args.resume is None:
+        return None
+    from .resume import RecordedTargets, drop_cut_record
+
+    try:
+        recorded = RecordedTargets.read(args.resume)
+    except OSError as exc:
+        raise UsageError(f"cannot resume from {args.resume}: {exc.strerror}") from None
+    except ResumeError as exc:
+        raise UsageError(str(exc)) from None
+    if args.output is None:
+        args.output = args.resume
+    if args.format is None:
+        args.format = recorded.format or "jsonl"
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.resume):
+        if recorded.format is not None and args.format != recorded.format:
+            raise UsageError(f"{args.resume} holds {recorded.format} records: resume it without --format {args.format}")
+        drop_cut_record(args.resume, recorded)
+    return recorded
 
 
 def _stdin_text() -> IO[str]:

@@ -27,6 +27,7 @@ from .address import Address, Transport, ip_literal, split_host_port
 from .certificate import Certificate
 from .fingerprint import ja3s, parse_server_hello
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
+from .shard import Selection
 from .starttls import PROTOCOLS
 
 SESSION_CACHE = 1024  # TLS sessions kept with resume=True (one per target)
@@ -221,10 +222,13 @@ class ProbeOptions:
                 min(self.handshake_timeout or self.timeout, self.timeout))
 
 
-def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions):
-    """(index, text, Address or the AddressError) for each target, lazily."""
+def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions, selection: Selection | None = None):
+    """(index, text, Address or the AddressError) for each target ``selection``
+    takes (by default every one), lazily; ``index`` counts every target."""
     for index, target in enumerate(targets):
         text = _text_of(target)
+        if selection is not None and not selection.wants(index, text):
+            continue
         try:
             if isinstance(target, Address):
                 address = target
@@ -258,9 +262,10 @@ class ProbeRun(Iterator[ProbeResult]):
     """probe()'s results, one ProbeResult per target as it finishes (in finishing
     order; ``index`` says which input it was), and how many are under way."""
 
-    def __init__(self, backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions) -> None:
+    def __init__(self, backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions,
+                 selection: Selection | None = None) -> None:
         self._handed: dict[int, tuple] = {}
-        self._results = _owned_by_this_process(_probe(backend, targets, context, options, self._handed))
+        self._results = _owned_by_this_process(_probe(backend, targets, context, options, self._handed, selection))
 
     def __next__(self) -> ProbeResult:
         return next(self._results)
@@ -276,9 +281,11 @@ class ProbeRun(Iterator[ProbeResult]):
 
 
 def probe(backend, targets: Iterable[str | Address], context: Context | None = None,
-          options: ProbeOptions | None = None) -> ProbeRun:
-    """Probe every target; see ProbeRun."""
-    return ProbeRun(backend, targets, context if context is not None else DEFAULT_CONTEXT, options or ProbeOptions())
+          options: ProbeOptions | None = None, selection: Selection | None = None) -> ProbeRun:
+    """Probe every target (those ``selection`` takes: a shard, less the ones to
+    skip); see ProbeRun."""
+    return ProbeRun(backend, targets, context if context is not None else DEFAULT_CONTEXT, options or ProbeOptions(),
+                    selection)
 
 
 def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
@@ -301,13 +308,14 @@ def _tls_for(backend, context: Context, address: Address, options: ProbeOptions)
 
 
 def _probe(backend, targets, context: Context, options: ProbeOptions,
-           meta: dict[int, tuple[str, Address, str | None]]) -> Iterator[ProbeResult]:
+           meta: dict[int, tuple[str, Address, str | None]], selection: Selection | None = None
+           ) -> Iterator[ProbeResult]:
     """The probe; ``meta`` holds the targets handed to the engine and not yet reported."""
     engine = backend.engine(options, context)
     tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed over ahead of time
     refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
-    source = Prefetch(_parsed(backend, targets, options), high_water)
+    source = Prefetch(_parsed(backend, targets, options, selection), high_water)
     owner = os.getpid()
     try:
         while True:
