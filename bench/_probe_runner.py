@@ -54,7 +54,7 @@ def plain_child(port: int, cafile: str, count: int, records: bool) -> dict:
                                                              context=ctx):
                 ok += r.ok
                 if records:
-                    os.write(out.fileno(), _json_line(r, False).encode())
+                    os.write(out.fileno(), _json_line(r, False, False).encode())
         return ok
 
     run(100)

@@ -70,7 +70,7 @@ def shard_path(output_dir: str | os.PathLike, shard: int, shards: int) -> str:
 def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike = "", *, files: Sequence[str | os.PathLike] = (),
           shards: int | None = None, cluster: Any = LOCAL, seed: int = 0, context: Context | None = None,
           backend: str | None = None, scheme: str | None = None, port: int | None = None, retries: int = 2,
-          on_report=None, **options) -> list[ShardReport]:
+          on_report=None, ja4plus: bool = False, **options) -> list[ShardReport]:
     """Probe ``targets`` then the lines of ``files`` (read on the workers,
     one target a line, blank lines and # comments skipped) as ``shards``
     tasks on ``cluster``: "local" (a worker process per core on this
@@ -83,7 +83,8 @@ def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike = "", *, fi
     the shards. ``scheme`` and ``port`` complete targets written without them,
     as the command line's ``--scheme``/``--port``. A failed task is tried
     ``retries`` more times; ``on_report(report)`` is called as each shard
-    ends. Returns a :class:`ShardReport` per shard."""
+    ends. ``ja4plus`` adds JA4S and JA4X to the records (FoxIO License 1.1,
+    see :mod:`streamsock.ja4plus`). Returns a :class:`ShardReport` per shard."""
     from .shard import checked_seed
 
     checked_seed(seed)
@@ -100,6 +101,7 @@ def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike = "", *, fi
     spec = {
         "targets": list(targets), "files": [os.path.abspath(os.fspath(f)) for f in files], "seed": seed,
         "backend": backend, "scheme": scheme, "port": port, "options": options, "output_dir": output_dir,
+        "ja4plus": ja4plus,
         "context": (dict(context._ssl), dict(context._socket)) if context is not None else None,
     }
     with _client(cluster) as client:
@@ -181,7 +183,7 @@ def probe_shard(spec: dict, index: int, shards: int) -> ShardReport:
                                 skip=recorded if len(recorded) else None, **options)
         with contextlib.closing(results):
             for result in results:
-                _write_all(fd, _json_line(result, with_chain).encode("utf-8", "surrogateescape"))
+                _write_all(fd, _json_line(result, with_chain, spec["ja4plus"]).encode("utf-8", "surrogateescape"))
                 report.done += 1
                 if result.ok:
                     report.outcomes["ok"] += 1
@@ -274,7 +276,7 @@ def run_cli(args) -> int:
     try:
         probe(args.addresses, args.output, files=files, shards=args.shards, cluster=args.cluster, seed=args.seed,
               context=tls_client_context(args), backend=args.backend, scheme=args.scheme, port=args.port,
-              on_report=report, **options)
+              on_report=report, ja4plus=args.ja4plus, **options)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     elapsed = max(time.monotonic() - started, 1e-9)
