@@ -5,7 +5,8 @@ The engine also runs driven from a C program (bench/c/engine_client.c), which
 tells what the engine costs from what the interpreter around it costs.
 
     python bench/bench_probe.py [--targets N] [--rounds N] [--memory-connections N]
-                                [--no-memory] [--no-mix] [--mix-targets N] [--quick] [--json FILE]
+                                [--no-memory] [--no-mix] [--no-runner] [--mix-targets N] [--quick]
+                                [--json FILE]
 
 Throughput: every handshake is a full one (no resumption) to one
 ``openssl s_server -tls1_3`` process pinned to the last CPU, with every client
@@ -27,14 +28,23 @@ bytes per connection are the slope of the client's malloc heap in use
 also runs with OpenSSL's record buffers given back while a connection waits
 (SSL_MODE_RELEASE_BUFFERS, SSL_free_buffers: what the engine does).
 
+Record fields (bench/_probe_fingerprints.py): what decoding a record's
+certificate and computing JA3S, JA4S and JA4X cost, per record, as a share
+of the native probe's CPU per handshake (all are computed only when asked).
+
 Live among dead (bench/_probe_mix.py): one target in a hundred a live TLS
 server, the rest a closed port, 1,000 at once; live hosts reported dead, and
 the live handshakes' p50 against the live targets probed alone.
 
+The Dask runner (bench/_probe_runner.py): streamsock.distributed with two
+worker processes and two shards against plain probe() (counting, and writing
+the same JSON records), client CPU per handshake at concurrency 100.
+
 Targets (for the native engine): handshakes/s >= 0.95x the C baseline at the
 same concurrency, <= 30 KB per open TLS connection, <= 45 KB per handshake in
 flight (heap figures); among dead targets no live one reported dead, and the
-handshake p50 within 2x of the live targets alone.
+handshake p50 within 2x of the live targets alone; the runner's client CPU
+per handshake <= 1.05x plain probe()'s.
 """
 
 from __future__ import annotations
@@ -56,8 +66,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _probe_fingerprints  # noqa: E402
 import _probe_memory  # noqa: E402
 import _probe_mix  # noqa: E402
+import _probe_runner  # noqa: E402
 from bench_handshake import _pin, make_pki, start_server  # noqa: E402
 
 import streamsock  # noqa: E402
@@ -346,6 +358,7 @@ def main() -> None:
     parser.add_argument("--memory-connections", type=int, default=1000, help="connections held at once")
     parser.add_argument("--no-memory", action="store_true", help="no memory figures")
     parser.add_argument("--no-mix", action="store_true", help="no live-among-dead scan")
+    parser.add_argument("--no-runner", action="store_true", help="no Dask runner row (needs streamsock[dask])")
     parser.add_argument("--mix-targets", type=int, default=50_000, help="targets of the live-among-dead scan")
     parser.add_argument("--quick", action="store_true", help="one round of 300, memory with 400")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -369,15 +382,19 @@ def main() -> None:
             print(f"skipping the engine driven from C: {why_not}", file=sys.stderr)
         busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
         server, port = start_server(certfile, keyfile)
+        runner_table = None
         try:
             table = throughput(contenders(c_binary, engine_binary, port, cafile), args.targets, args.rounds)
+            # Other jobs on the machine skew the figures: say how much CPU went elsewhere
+            # (kernel network work not charged to a process counts here too).
+            busy, own = machine_busy_seconds() - busy_before, own_cpu_seconds() - own_before
+            elsewhere = (busy - own) / max(busy, 1e-9)
+            fingerprints = _probe_fingerprints.measure(port, cafile, args.targets)
+            if not args.no_runner:
+                runner_table = _probe_runner.runner_vs_probe(port, cafile, args.targets, args.rounds)
         finally:
             server.kill()
             server.wait()
-        # Other jobs on the machine skew the figures: say how much CPU went elsewhere
-        # (kernel network work not charged to a process counts here too).
-        busy, own = machine_busy_seconds() - busy_before, own_cpu_seconds() - own_before
-        elsewhere = (busy - own) / max(busy, 1e-9)
         memory_results = None
         if not args.no_memory:
             memory_results = memory(c_binary, certfile, keyfile, cafile, args.memory_connections)
@@ -386,6 +403,11 @@ def main() -> None:
     report["cpu_elsewhere"] = elsewhere
     print(f"CPU time spent outside the benchmark's processes during these runs: {elsewhere:.0%} of the busy "
           f"time{' (other jobs were running: the figures are skewed)' if elsewhere > 0.1 else ''}")
+    report["record_fields"] = fingerprints
+    _probe_fingerprints.print_fingerprints(fingerprints, args.targets)
+    if runner_table:
+        report["runner"] = runner_table
+        report["runner_cpu_ratio"] = _probe_runner.print_runner(runner_table, args.targets, args.rounds)
     if memory_results:
         report["memory"] = memory_results
         report["native_memory_kb"] = print_memory(memory_results, args.memory_connections)

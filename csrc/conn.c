@@ -295,6 +295,7 @@ void ss_conn_free(ss_conn_t *conn)
     free(conn->peer_name);
     free(conn->bind_host);
     free(conn->handback);
+    free(conn->server_hello);
     free(conn->rbuf);
     free(conn->wbuf);
     free(conn);

@@ -230,6 +230,7 @@ int ss_engine_add(ss_engine_t *e, uint64_t id, ss_conn_t *conn, ss_tls_ctx_t *st
     p->conn = conn;
     p->id = id;
     p->watched_fd = -1;
+    conn->capture_hello = 1;
     if (starttls_tls && e->opts.starttls != SS_STARTTLS_NONE)
         p->starttls_tls = ss__tls_ctx_ref(starttls_tls);
     e->queue_len++;
@@ -679,8 +680,8 @@ static void copy_field(char *out, size_t cap, const char *text)
     out[n] = '\0';
 }
 
-/* Writes the record, its banner and certificates (4-byte little-endian length,
- * DER) straight into the arena; returns 0 when the arena is too full for them
+/* Writes the record, its banner and certificate blocks (ss_cert_info_t)
+ * straight into the arena; returns 0 when the arena is too full for them
  * (reported by the next call; an empty arena takes what fits). */
 static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigned char *arena, uint32_t arena_cap,
                   uint32_t *arena_used)
@@ -691,21 +692,24 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     if (p->banner_len)
         memcpy(arena + used, p->banner, p->banner_len);
     used += p->banner_len;
+    uint32_t server_hello_off = used;
+    size_t server_hello_len = p->conn->server_hello_len;
+    if (server_hello_len > arena_cap - used)
+        return 0; /* at most SS_SERVER_HELLO_MAX: fits an empty arena beside the banner */
+    if (server_hello_len)
+        memcpy(arena + used, p->conn->server_hello, server_hello_len);
+    used += (uint32_t)server_hello_len;
     uint32_t certs_off = used;
-    for (int32_t i = 0; i < (e->opts.capture_chain ? 16 : 1) && arena_cap - used > 4; i++) {
-        int64_t len = ss_conn_peer_cert(p->conn, i, arena + used + 4, arena_cap - used - 4);
-        if (len <= 0)
+    for (int32_t i = 0; i < (e->opts.capture_chain ? 16 : 1); i++) {
+        X509 *cert = ss__tls_peer_cert(p->conn, i);
+        if (!cert)
             break;
-        if ((uint64_t)len > arena_cap - used - 4) {
-            if (start > 0)
-                return 0;
-            break; /* larger than a whole arena: the chain is cut here */
-        }
-        uint32_t n = (uint32_t)len;
-        unsigned char prefix[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
-                                   (unsigned char)(n >> 24)};
-        memcpy(arena + used, prefix, 4);
-        used += 4 + n;
+        int64_t len = ss__cert_describe(cert, arena + used, arena_cap - used);
+        if (len == SS_ERR_NOMEM && start > 0)
+            return 0;
+        if (len <= 0)
+            break; /* larger than a whole arena, or unreadable: the chain is cut here */
+        used += (uint32_t)len;
     }
     memset(r, 0, sizeof *r);
     r->id = p->id;
@@ -713,15 +717,20 @@ static int report(ss_engine_t *e, struct probe *p, ss_probe_result_t *r, unsigne
     r->banner_len = p->banner_len;
     r->certs_off = certs_off;
     r->certs_len = used - certs_off;
+    r->server_hello_off = server_hello_off;
+    r->server_hello_len = (uint32_t)server_hello_len;
     r->ok = p->established_ns != 0;
     if (!r->ok) { /* after establishment nothing counts as a failure */
         ss_error_info_t err;
         ss_conn_error(p->conn, &err);
         r->error = p->error ? p->error : err.code;
         r->sys_errno = p->error ? ETIMEDOUT : err.sys_errno;
-        r->verify_result = err.verify_result;
         copy_field(r->message, sizeof r->message, err.code ? err.message : "");
     }
+    ss_trust_t trust;
+    ss_conn_trust(p->conn, &trust);
+    r->verify_result = trust.verify_result;
+    r->name_matched = trust.name_matched;
     r->state = ss_conn_state(p->conn);
     r->resolve_ms = elapsed_ms(p->start_ns, p->resolved_ns);
     r->connect_ms = elapsed_ms(p->resolved_ns, p->connected_ns);

@@ -76,6 +76,8 @@ void ss__drain_openssl_errors(char *buf, size_t cap);
 
 /* ---- tls.c ------------------------------------------------------------ */
 
+#define SS_SERVER_HELLO_MAX 4096 /* a ServerHello's extensions are few and short */
+
 struct ss_tls_ctx {
     SSL_CTX *ssl_ctx;
     atomic_int refs;            /* Python's owner + each conn using it */
@@ -114,6 +116,14 @@ int ss__tls_close_write(ss_conn_t *conn);
 void ss__tls_silence(ss_conn_t *conn);
 /* Offers the session of `from` for resumption (client side). */
 void ss__tls_resume(ss_conn_t *conn, const ss_conn_t *from);
+/* The peer's certificate at index (0: the leaf) or NULL; a client's
+ * handshake that failed verification still has the chain it received. */
+X509 *ss__tls_peer_cert(const ss_conn_t *conn, int32_t index);
+
+/* ---- certinfo.c ------------------------------------------------------- */
+
+/* ss_cert_describe_der for a certificate OpenSSL holds. */
+int64_t ss__cert_describe(X509 *cert, unsigned char *out, size_t cap);
 
 /* ---- engine.c --------------------------------------------------------- */
 
@@ -260,6 +270,10 @@ struct ss_conn {
     char *handback;             /* data read while waiting for close_notify */
     size_t handback_len;
     size_t handback_off;
+    int capture_hello;          /* client: keep the first ServerHello (fingerprints), up to
+                                 * SS_SERVER_HELLO_MAX bytes */
+    unsigned char *server_hello; /* its body, without the handshake header */
+    size_t server_hello_len;
     ss_error_info_t err;
 };
 

@@ -372,6 +372,73 @@ int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out);
  * certificate, or a negative error. */
 int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap);
 
+/* How far the peer (a client conn's server) would be trusted, whether or not
+ * the context enforced it: OpenSSL's verification of the chain against the
+ * context's CA store, and the expected name against the leaf certificate.
+ * A handshake that failed its verification still has the chain it received.
+ *   verify_result  X509_V_OK (0) or X509_V_ERR_*; -1: no certificate received
+ *   name_matched   1 or 0; -1: no certificate, or no name to check */
+typedef struct ss_trust {
+    int32_t verify_result;
+    int32_t name_matched;
+} ss_trust_t;
+
+void ss_conn_trust(const ss_conn_t *conn, ss_trust_t *out);
+
+/* OpenSSL's text for an X509_V_ERR_* code ("certificate has expired"). */
+const char *ss_verify_reason(int32_t verify_result);
+
+/* ---- certificate details ----------------------------------------------- */
+
+/* One certificate as OpenSSL parsed it, at the start of a block that holds
+ * its variable-size parts after it; every *_off counts from the block's
+ * start. Texts are UTF-8, not NUL-terminated.
+ *   block_len     the whole block, this header included
+ *   subject/issuer  one line in certificate order, RFC 2253 escapes, short
+ *                 names: "O=Example, CN=example.com"
+ *   common_name   the subject's last CN ("" when it has none)
+ *   san           subjectAltName entries, each (1 byte kind: 1 DNS, 2 IP,
+ *                 3 email, 4 URI; 2 bytes little-endian length; value);
+ *                 an IP entry's value is its 4 or 16 address bytes
+ *   serial        upper-case hex as BN_bn2hex prints it ("-" when negative)
+ *   not_before/not_after  seconds since the epoch, UTC
+ *   version       1..3
+ *   key_type      the public key's algorithm, OpenSSL's long name
+ *   key_bits      its size in bits (EVP_PKEY_get_bits), 0 when unknown
+ *   signature_algorithm  OpenSSL's long name
+ *   self_signed   issuer and subject are the same name, octet for octet
+ *   sha256/sha1   digests of the DER; spki_sha256 of the SubjectPublicKeyInfo */
+typedef struct ss_cert_info {
+    uint32_t block_len;
+    uint32_t der_off;
+    uint32_t der_len;
+    uint32_t subject_off;
+    uint32_t subject_len;
+    uint32_t issuer_off;
+    uint32_t issuer_len;
+    uint32_t common_name_off;
+    uint32_t common_name_len;
+    uint32_t san_off;
+    uint32_t san_len;
+    uint32_t serial_off;
+    uint32_t serial_len;
+    int32_t version;
+    int64_t not_before;
+    int64_t not_after;
+    int32_t key_bits;
+    int32_t self_signed;
+    char key_type[32];
+    char signature_algorithm[64];
+    unsigned char sha256[32];
+    unsigned char sha1[20];
+    unsigned char spki_sha256[32];
+} ss_cert_info_t;
+
+/* Describes a DER certificate into out[0..cap) as a block (ss_cert_info_t,
+ * then its data). Returns the block's length, SS_ERR_NOMEM when it does not
+ * fit (or memory ran out), or SS_ERR_TLS when OpenSSL cannot parse der. */
+int64_t ss_cert_describe_der(const unsigned char *der, size_t der_len, unsigned char *out, size_t cap);
+
 /* ---- the acceptor: a server's handshakes, none waiting on another -------- */
 
 typedef struct ss_acceptor ss_acceptor_t;
@@ -474,8 +541,11 @@ typedef struct ss_engine_options {
 } ss_engine_options_t;
 
 /* One finished probe. Variable-size data lives in the caller's arena:
- * banner bytes at banner_off, and certificates at certs_off as a sequence of
- * (4-byte little-endian length, DER) pairs. Times are phase durations in
+ * banner bytes at banner_off, the ServerHello at server_hello_off (for JA3S
+ * and JA4S), and certificates at certs_off as a sequence of
+ * ss_cert_info_t blocks (leaf first), whatever the outcome once a
+ * certificate arrived. verify_result and name_matched are ss_trust_t's, also
+ * when verification was not enforced. Times are phase durations in
  * milliseconds (resolve: the name lookup; connect: TCP; handshake: TLS, the
  * STARTTLS dialogue not included; total: start to end); -1 for a phase not
  * reached or not run. ok means connected, with TLS (and STARTTLS) done when
@@ -503,6 +573,9 @@ typedef struct ss_probe_result {
     uint32_t banner_len;
     uint32_t certs_off;
     uint32_t certs_len;
+    int32_t name_matched;    /* ss_trust_t's */
+    uint32_t server_hello_off; /* the ServerHello's body, as received (TLS) */
+    uint32_t server_hello_len;
 } ss_probe_result_t;
 
 ss_engine_t *ss_engine_new(const ss_engine_options_t *opts, ss_error_info_t *err);

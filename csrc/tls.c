@@ -492,6 +492,25 @@ static const char *expected_name(const ss_conn_t *conn)
     return conn->peer_name ? conn->peer_name : conn->host;
 }
 
+/* Keeps a copy of the first ServerHello the client receives: JA3S and JA4S
+ * read its version, cipher and extensions in the order the server sent them. */
+static void keep_server_hello(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
+                              void *arg)
+{
+    (void)version;
+    (void)ssl;
+    ss_conn_t *conn = arg;
+    const unsigned char *message = buf;
+    if (write_p || content_type != SSL3_RT_HANDSHAKE || len < 4 || message[0] != SSL3_MT_SERVER_HELLO ||
+        conn->server_hello || len - 4 > SS_SERVER_HELLO_MAX)
+        return;
+    conn->server_hello = malloc(len - 4);
+    if (!conn->server_hello)
+        return; /* a fingerprint is not worth failing the handshake for */
+    memcpy(conn->server_hello, message + 4, len - 4);
+    conn->server_hello_len = len - 4;
+}
+
 int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
 {
     ERR_clear_error();
@@ -527,6 +546,10 @@ int ss__tls_attach(ss_conn_t *conn, ss_tls_ctx_t *ctx)
                 return ss__fail_tls(&conn->err, SS_ERR_TLS_CONFIG, NULL, 0, "invalid peer name");
             }
         }
+    }
+    if (conn->capture_hello && !ctx->server) {
+        SSL_set_msg_callback(ssl, keep_server_hello);
+        SSL_set_msg_callback_arg(ssl, conn);
     }
     if (conn->offer_session && !ctx->server) {
         SSL_set_session(ssl, conn->offer_session);
@@ -778,20 +801,25 @@ int ss_conn_tls_info(const ss_conn_t *conn, ss_tls_info_t *out)
     return SS_OK;
 }
 
-int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap)
+X509 *ss__tls_peer_cert(const ss_conn_t *conn, int32_t index)
 {
     if (!conn->ssl || index < 0)
-        return 0;
-    X509 *cert = NULL;
+        return NULL;
+    /* The client side's chain starts with the leaf; the server side's does not.
+     * After a failed verification only the chain holds the leaf. */
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(conn->ssl);
     if (index == 0) {
-        cert = SSL_get0_peer_certificate(conn->ssl);
-    } else {
-        /* The client side's chain starts with the leaf; the server side's does not. */
-        STACK_OF(X509) *chain = SSL_get_peer_cert_chain(conn->ssl);
-        int at = conn->accepted ? index - 1 : index;
-        if (chain && at < sk_X509_num(chain))
-            cert = sk_X509_value(chain, at);
+        X509 *leaf = SSL_get0_peer_certificate(conn->ssl);
+        if (leaf || conn->accepted)
+            return leaf;
     }
+    int at = conn->accepted ? index - 1 : index;
+    return chain && at < sk_X509_num(chain) ? sk_X509_value(chain, at) : NULL;
+}
+
+int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *out, size_t cap)
+{
+    X509 *cert = ss__tls_peer_cert(conn, index);
     if (!cert)
         return 0;
     int len = i2d_X509(cert, NULL);
@@ -802,6 +830,30 @@ int64_t ss_conn_peer_cert(const ss_conn_t *conn, int32_t index, unsigned char *o
         i2d_X509(cert, &p);
     }
     return len;
+}
+
+void ss_conn_trust(const ss_conn_t *conn, ss_trust_t *out)
+{
+    out->verify_result = -1;
+    out->name_matched = -1;
+    X509 *leaf = conn->accepted ? NULL : ss__tls_peer_cert(conn, 0);
+    if (!leaf)
+        return;
+    /* OpenSSL verifies the chain under SSL_VERIFY_NONE too, and keeps the result. */
+    out->verify_result = (int32_t)SSL_get_verify_result(conn->ssl);
+    const char *name = expected_name(conn);
+    char ip[INET6_ADDRSTRLEN + 1];
+    if (!name || !name[0])
+        return;
+    int match = ip_literal(name, ip, sizeof ip) ? X509_check_ip_asc(leaf, ip, 0)
+                                                : X509_check_host(leaf, name, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL);
+    out->name_matched = match == 1;
+    ERR_clear_error();
+}
+
+const char *ss_verify_reason(int32_t verify_result)
+{
+    return X509_verify_cert_error_string(verify_result);
 }
 
 /* ---- self-signed certificates -------------------------------------------- */

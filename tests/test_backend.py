@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,26 @@ def test_backends_report_their_openssl(backend):
 def test_get_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="choose one of native, pure"):
         ss.get_backend("turbo")
+
+
+def test_an_install_without_the_c_core_says_why(tmp_path):
+    # The package as the pure wheel installs it: no _core, and the reason
+    # CMake gave in _native_skipped.py (.ci/run builds and checks the real one).
+    package = Path(ss.__file__).parent
+    shutil.copytree(package, tmp_path / "streamsock",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "_native_skipped.py"))
+    reason = "no C compiler was found at CC=/nonexistent"
+    (tmp_path / "streamsock" / "_native_skipped.py").write_text(f'REASON = "{reason}"\n')
+    # -S: only this copy of streamsock, not an installed or editable one.
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+            "from streamsock.cli import main; sys.exit(main(['--version']))")
+    env = {k: v for k, v in os.environ.items() if k != "STREAMSOCK_BACKEND"}
+    version = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0, version.stderr
+    assert f"pure backend (native core not built: {reason}), OpenSSL" in version.stdout
+    native = subprocess.run([sys.executable, "-S", "-c", code], env={**env, "STREAMSOCK_BACKEND": "native"},
+                            capture_output=True, text=True, timeout=60)
+    assert native.returncode != 0
+    message = native.stderr.strip().splitlines()[-1]
+    assert f"installed without its C core ({reason})" in message
+    assert "apt-get install gcc libssl-dev" in message and "--no-cache-dir" in message

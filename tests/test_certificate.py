@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import pickle
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -177,13 +178,19 @@ IDENTITIES = {  # trustme leaf name -> the identities it was issued for
 }
 
 
+def _ip_text(address: str) -> str:
+    """RFC 5952 text, IPv4-mapped addresses in dotted form (as inet_ntop writes them)."""
+    packed = ipaddress.ip_address(address).packed
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
 def _expected_san(identities: list[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for identity in identities:
         if "/" in identity:
             continue
         try:
-            out.append(("IP Address", str(ipaddress.ip_address(identity))))
+            out.append(("IP Address", _ip_text(identity)))
         except ValueError:
             if "@" in identity:
                 out.append(("email", identity))
@@ -372,7 +379,7 @@ def _openssl_san(text: str) -> tuple[tuple[str, str], ...]:
     for entry in text.split(", ") if text else []:
         kind, _, value = entry.partition(":")
         if kind == "IP Address" and not value.startswith("<"):
-            out.append((kind, str(ipaddress.ip_address(value))))  # 3.0 prints IPv6 uncompressed
+            out.append((kind, _ip_text(value)))  # 3.0 prints IPv6 uncompressed
         elif kind in ("DNS", "URI", "email"):
             out.append((kind, value))
     return tuple(out)
@@ -566,6 +573,33 @@ def test_chain_roles():
     assert cert("ca-pathlen-0").to_dict()["extensions"]["basicConstraints"] == "CA:TRUE, pathlen:0"
     assert cert("ca").to_dict()["extensions"]["basicConstraints"] == "CA:TRUE, pathlen:9"
     assert cert("v1").is_ca is False and cert("empty-basic-constraints").is_ca is False
+
+
+@pytest.mark.parametrize("name", CORPUS_NAMES)
+def test_openssl_reads_the_summary_the_der_reader_reads(name):
+    """The native backend's certificates (csrc/certinfo.c, OpenSSL) against the DER reader's, field by field."""
+    native = pytest.importorskip("streamsock._native")
+    der = corpus()[name]
+    described, read = native.certificate(der), Certificate(der)
+    assert described == read
+    for field in read.summary._fields:
+        assert getattr(described.summary, field) == getattr(read.summary, field), field
+    assert described.subject == read.subject and described.to_dict() == read.to_dict()  # read lazily from the DER
+
+
+def test_openssl_refuses_what_it_cannot_parse():
+    native = pytest.importorskip("streamsock._native")
+    der = corpus()["localhost"]
+    for broken in (b"", der[:-1], der + b"\0", b"\x30\x03\x02\x01\x01"):
+        with pytest.raises(ValueError, match="malformed certificate"):
+            native.certificate(broken)
+
+
+def test_public_key_sizes():
+    assert cert("rsa-leaf").public_key_bits == 2048 and cert("dsa").public_key_bits == 2048
+    assert cert("ecdsa-sha384").public_key_bits == 384 and cert("localhost").public_key_bits == 256
+    assert (cert("tricky-names").public_key_bits, cert("ed448").public_key_bits) == (256, 456)  # Ed25519, Ed448
+    assert cert("common-name").common_name == "localhost" and cert("repeated-attributes").common_name == "last"
 
 
 def test_name_tables_match_openssl():

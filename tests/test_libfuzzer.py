@@ -1,7 +1,9 @@
-"""Coverage-guided fuzzing of both C fuzz targets with clang's libFuzzer.
+"""Coverage-guided fuzzing of the C fuzz targets with clang's libFuzzer.
 
-The same targets as tests/test_url_c.py and tests/test_fuzz_conn.py (which
-run them with the gcc mutation driver), built with
+The address parser and connection targets are those of tests/test_url_c.py and
+tests/test_fuzz_conn.py (which run them with the gcc mutation driver); the
+certificate describer's (tests/c/fuzz_cert.c) starts from the certificate
+corpus of tests/test_certificate.py. Each is built with
 -fsanitize=fuzzer,address,undefined and run for STREAMSOCK_LIBFUZZER_SECONDS
 (default 20) each. .ci/run installs clang and its runtime (Debian: clang,
 libclang-rt-14-dev); without them these tests skip, except under CI=true,
@@ -79,3 +81,14 @@ def test_libfuzzer_connection_state_machine(tmp_path):
     for regression in REGRESSIONS.iterdir():
         shutil.copy(regression, corpus / regression.name)
     _fuzz(binary, corpus, tmp_path / "artifacts", {"STREAMSOCK_FUZZ_CERT": str(pem), "STREAMSOCK_FUZZ_KEY": str(pem)})
+
+
+def test_libfuzzer_certificate_describer(tmp_path):
+    from test_certificate import corpus as certificates
+
+    binary = _build(tmp_path, "lf_cert", [CTESTS / "fuzz_cert.c", *sorted(CSRC.glob("*.c"))])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, der in certificates().items():
+        (corpus / name).write_bytes(der)
+    _fuzz(binary, corpus, tmp_path / "artifacts")

@@ -219,7 +219,7 @@ def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
 def probe(targets, concurrency: int = 100, timeout: float = 5.0, context: Context | None = None, *,
           connect_timeout: float | None = None, handshake_timeout: float | None = None, payload: bytes = b"",
           banner: int = 0, capture_chain: bool = False, starttls: str | None = None, rate: float | None = None,
-          resume: bool = False):
+          resume: bool = False, shard: tuple[int, int] | None = None, seed: int = 0, skip=None):
     """Connect to many targets at once; yields a :class:`ProbeResult` per target as it finishes.
 
     ``targets`` is any iterable of addresses (a generator over a file of
@@ -234,10 +234,18 @@ def probe(targets, concurrency: int = 100, timeout: float = 5.0, context: Contex
     server's greeting). ``rate`` caps new connections per second; ``resume``
     offers a target seen before its last TLS session. The native backend
     drives everything from one C epoll loop, the pure one from asyncio.
+
+    ``shard=(i, n)`` probes only the targets of shard ``i`` of ``n`` (a
+    BLAKE2b hash of the target's text keyed with ``seed``: n probes of one
+    input, each with its own i, cover it exactly once); ``skip`` is a
+    container of input positions not to probe (those an earlier run recorded:
+    see :mod:`streamsock.resume`). ``index`` stays the position in the whole
+    input.
     """
     return _active.probe(targets, concurrency, timeout, context, connect_timeout=connect_timeout,
                          handshake_timeout=handshake_timeout, payload=payload, banner=banner,
-                         capture_chain=capture_chain, starttls=starttls, rate=rate, resume=resume)
+                         capture_chain=capture_chain, starttls=starttls, rate=rate, resume=resume,
+                         shard=shard, seed=seed, skip=skip)
 
 
 def openssl_version() -> str:

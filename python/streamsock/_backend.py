@@ -22,9 +22,13 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from . import stream as _stream
 from .address import Address, AddressBatch, Transport, join
+from .certificate import Certificate
 from .context import Context, TLSSettings, check_version_range
 
-__all__ = ["Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "get", "select"]
+__all__ = [
+    "Acceptor", "Backend", "BackendModule", "BackendUnavailableError", "Connection", "Engine", "describe", "get",
+    "select",
+]
 
 NAMES = ("native", "pure")
 ENV = "STREAMSOCK_BACKEND"
@@ -129,6 +133,7 @@ class BackendModule(Protocol):
     def open_server(self, address: Address, context: Context, tls: Any) -> Connection: ...
     def adopt(self, fd: int, address: Address) -> Connection: ...  # owns fd from now on
     def self_signed(self, name: str, days: int) -> tuple[str, str]: ...
+    def certificate(self, der: bytes) -> Certificate: ...  # ValueError when it cannot be read
 
 
 def _members(protocol: type) -> set[str]:
@@ -173,6 +178,7 @@ class Backend:
         self.open_client = module.open_client
         self.open_server = module.open_server
         self.adopt = module.adopt
+        self.certificate = module.certificate
         self._module = module
         self._tls_by_use: dict[tuple, Any] = {}
         self._tls_by_settings: dict[TLSSettings, Any] = {}
@@ -248,13 +254,15 @@ class Backend:
               context: Context | None = None, *, connect_timeout: float | None = None,
               handshake_timeout: float | None = None, payload: bytes = b"", banner: int = 0,
               capture_chain: bool = False, starttls: str | None = None, rate: float | None = None,
-              resume: bool = False) -> Iterator:
+              resume: bool = False, shard: tuple[int, int] | None = None, seed: int = 0,
+              skip=None) -> Iterator:
         """Probe many targets at once; see :func:`streamsock.probe`."""
         from .probe import ProbeOptions, probe
+        from .shard import Selection
 
         options = ProbeOptions(concurrency, timeout, connect_timeout, handshake_timeout, payload, banner,
                                capture_chain, starttls, rate, resume)
-        return probe(self, targets, context, options)
+        return probe(self, targets, context, options, Selection.of(shard, seed, skip))
 
     def self_signed(self, name: str = "localhost", days: int = 30) -> tuple[str, str]:
         """A fresh self-signed certificate and key (PEM) for ``name``, 127.0.0.1
@@ -288,13 +296,48 @@ def get(name: str) -> Backend:
         try:
             module = importlib.import_module(f"._{name}", __package__)
         except ImportError as exc:
-            raise BackendUnavailableError(
-                f"the {name} streamsock backend is not available ({exc}); "
-                "reinstall streamsock with a C compiler and the OpenSSL headers "
-                "(Debian: apt-get install gcc libssl-dev), or set STREAMSOCK_BACKEND=pure"
-            ) from exc
+            raise BackendUnavailableError(_unavailable_message(name, exc)) from exc
         _loaded[name] = Backend(module)
     return _loaded[name]
+
+
+_GET_NATIVE = ("install a C compiler and the OpenSSL 3 headers (Debian: apt-get install gcc libssl-dev) and "
+               "reinstall streamsock, bypassing pip's cache of the wheel built without it "
+               "(pip install --force-reinstall --no-cache-dir streamsock, or . in its source tree)")
+
+
+def _native_not_built() -> str | None:
+    """Why the C core was not built, when this streamsock was installed without
+    it (the pure wheel ships the reason CMake gave as ``_native_skipped``)."""
+    try:
+        reason: str = importlib.import_module("._native_skipped", __package__).REASON
+    except ImportError:
+        return None
+    return reason
+
+
+def _unavailable_message(name: str, exc: ImportError) -> str:
+    not_built = _native_not_built() if name == "native" else None
+    if not_built:
+        return (f"the native streamsock backend is not available: this streamsock was installed without its "
+                f"C core ({not_built}); to get it, {_GET_NATIVE}; or set STREAMSOCK_BACKEND=pure")
+    return (f"the {name} streamsock backend is not available ({exc}); {_GET_NATIVE}; "
+            "or set STREAMSOCK_BACKEND=pure")
+
+
+def describe(backend: Backend) -> str:
+    """``backend``'s name, and why the native core is missing when it is:
+    "native backend", or "pure backend (native core not built: <reason>)"."""
+    words = f"{backend.name} backend"
+    if backend.name == "native":
+        return words
+    try:
+        get("native")
+    except BackendUnavailableError as exc:
+        not_built = _native_not_built()
+        why = f"not built: {not_built}" if not_built else f"not loadable: {exc.__cause__ or exc}"
+        return f"{words} (native core {why})"
+    return words
 
 
 def select() -> Backend:

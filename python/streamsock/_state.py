@@ -174,7 +174,7 @@ class StreamState:
         conn = self.conn
         if not conn.is_tls:
             return
-        from .certificate import Certificate, fingerprint_matches
+        from .certificate import fingerprint_matches
 
         ders = conn.peer_certs(wants_chain)
         if "peer_fingerprint" in ssl:
@@ -183,13 +183,25 @@ class StreamState:
                 raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure", context=self.pending_context)
         try:
             if ssl.get("capture_peer_cert") and ders:
-                self.peer_certificate = Certificate(ders[0])
+                self.peer_certificate = self.backend.certificate(ders[0])
             if wants_chain:
-                self.peer_certificate_chain = [Certificate(d) for d in ders]
+                self.peer_certificate_chain = [self.backend.certificate(d) for d in ders]
         except ValueError as exc:
             conn.close()
             raise _e.error(_e.TLS, f"the peer's certificate could not be read: {exc}",
                            context=self.pending_context) from exc
+
+    def note_verify_failure(self, exc: BaseException) -> None:
+        """A CertificateVerifyError keeps the certificate that failed (PHP keeps
+        capture_peer_cert then too), as its ``peer_certificate``."""
+        if not isinstance(exc, _e.CertificateVerifyError) or getattr(exc, "peer_certificate", None) is not None:
+            return
+        conn = self.conn
+        ders = conn.peer_certs(False) if conn is not None and conn.is_tls else []
+        try:
+            exc.peer_certificate = self.backend.certificate(ders[0]) if ders else None  # type: ignore[attr-defined]
+        except ValueError:
+            exc.peer_certificate = None  # type: ignore[attr-defined]
 
     def begin_crypto_change(self, enable: bool, method: int | None, session_from: "StreamState | None") -> None:
         """enable_crypto's checks, then the change started on the connection: a

@@ -187,8 +187,12 @@ class AsyncStream(StateViews):
         the post-handshake checks (peer_fingerprint, capture_peer_cert)."""
         st = self._st
         conn = st.live()
-        while (rc := conn.step(st.pending_context)) != DONE:
-            await self._wait(conn, rc)
+        try:
+            while (rc := conn.step(st.pending_context)) != DONE:
+                await self._wait(conn, rc)
+        except _e.CertificateVerifyError as exc:
+            st.note_verify_failure(exc)
+            raise
         self._may_hold_more = True  # the handshake's last read may have taken data too
         st.after_handshake()
 

@@ -21,13 +21,13 @@ import binascii
 import datetime as _dt
 import hashlib
 import hmac
-import ipaddress
 import re
+import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
-__all__ = ["Certificate"]
+__all__ = ["Certificate", "Summary"]
 
 # Universal tags (identifier octets) of the DER types a certificate is made of.
 _BOOLEAN = 0x01
@@ -170,6 +170,32 @@ _HEX = re.compile(r"[0-9a-f]+")
 _UTC = _dt.timezone.utc
 
 
+# Bits of the public keys whose size is fixed by their algorithm or curve, as
+# OpenSSL's EVP_PKEY_get_bits() gives them (a curve's order, not its encoding).
+_FIXED_KEY_BITS = {
+    "1.3.101.110": 253,  # X25519
+    "1.3.101.111": 448,  # X448
+    "1.3.101.112": 256,  # Ed25519
+    "1.3.101.113": 456,  # Ed448
+}
+_CURVE_BITS = {
+    "1.2.840.10045.3.1.7": 256,  # prime256v1 (P-256)
+    "1.3.132.0.34": 384,  # secp384r1
+    "1.3.132.0.35": 521,  # secp521r1
+    "1.3.132.0.10": 256,  # secp256k1
+    "1.3.132.0.33": 224,  # secp224r1
+    "1.2.840.10045.3.1.1": 192,  # prime192v1
+    "1.3.36.3.3.2.8.1.1.7": 256,  # brainpoolP256r1
+    "1.3.36.3.3.2.8.1.1.11": 384,  # brainpoolP384r1
+    "1.3.36.3.3.2.8.1.1.13": 512,  # brainpoolP512r1
+    "1.2.156.10197.1.301": 256,  # SM2
+}
+_RSA_KEYS = ("1.2.840.113549.1.1.1", "1.2.840.113549.1.1.10")
+_EC_KEYS = ("1.2.840.10045.2.1", "1.2.156.10197.1.301")
+_DSA_KEY = "1.2.840.10040.4.1"
+_COMMON_NAME = "2.5.4.3"
+
+
 def _malformed(what: str, problem: str, offset: int) -> ValueError:
     return ValueError(f"malformed certificate: {what}: {problem} (at byte {offset})")
 
@@ -301,6 +327,31 @@ def _algorithm(reader: _Reader, what: str) -> str:
     return oid
 
 
+def _public_key_bits(data: bytes, spki: _TLV) -> int:
+    """The key's size as OpenSSL gives it; 0 for an algorithm not known here or a key it cannot read."""
+    what = "subjectPublicKeyInfo"
+    try:
+        reader = _Reader(data, spki.body, spki.end, what)
+        algorithm = reader.inner(reader.expect(_SEQUENCE, what), what)
+        oid = _oid(data, algorithm.expect(_OID, what), what)
+        parameters = algorithm.read(what) if algorithm.more() else None
+        key = reader.expect(_BIT_STRING, what)
+        if oid in _FIXED_KEY_BITS:
+            return _FIXED_KEY_BITS[oid]
+        if oid in _EC_KEYS and parameters is not None and parameters.tag == _OID:
+            return _CURVE_BITS.get(_oid(data, parameters, what), 0)
+        if oid in _RSA_KEYS:  # RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+            inner = _Reader(data, key.body + 1, key.end, what)
+            fields = inner.inner(inner.expect(_SEQUENCE, what), what)
+            return _integer(data, fields.expect(_INTEGER, what), what).bit_length()
+        if oid == _DSA_KEY and parameters is not None and parameters.tag == _SEQUENCE:  # Dss-Parms: p, q, g
+            fields = _Reader(data, parameters.body, parameters.end, what)
+            return _integer(data, fields.expect(_INTEGER, what), what).bit_length()
+    except ValueError:
+        pass
+    return 0
+
+
 def _time(data: bytes, tlv: _TLV, what: str) -> tuple[_dt.datetime, str]:
     body = _contents(data, tlv)
     # RFC 5280 4.1.2.5: UTCTime YYMMDDHHMMSSZ (YY < 50 is 20YY), GeneralizedTime YYYYMMDDHHMMSSZ.
@@ -381,10 +432,15 @@ def _subject_alt_names(data: bytes, tlv: _TLV) -> tuple[tuple[str, str], ...]:
             # Other lengths are address/mask pairs, which belong in name constraints;
             # OpenSSL prints them as "<invalid>", we leave them out.
             if len(body) in (4, 16):
-                found.append((kind, str(ipaddress.ip_address(body))))
+                found.append((kind, ip_text(body)))
         elif kind is not None:
             found.append((kind, body.decode("latin-1")))
     return tuple(found)
+
+
+def ip_text(packed: bytes) -> str:
+    """An IP address's 4 or 16 bytes as text (inet_ntop: RFC 5952 for IPv6)."""
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
 def _basic_constraints(data: bytes, tlv: _TLV) -> tuple[bool, int | None]:
@@ -498,11 +554,37 @@ def _pem_blocks(text: str | bytes) -> list[bytes]:
     return blocks
 
 
-class Certificate:
-    """One X.509 certificate, parsed from its DER encoding.
+class Summary(NamedTuple):
+    """What a probe record tells of a certificate. The native backend reads it
+    with OpenSSL in C (csrc/certinfo.c); the DER reader here gives the same fields
+    the same way, and the test suite holds the two to each other."""
 
-    Immutable; equal and hashed by its DER bytes. Construction parses the whole
-    certificate, so a malformed one raises :class:`ValueError` here and never later.
+    subject_text: str
+    issuer_text: str
+    common_name: str | None  # the subject's last CN
+    san: tuple[tuple[str, str], ...]
+    serial_number: int
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+    version: int
+    public_key_algorithm: str  # OpenSSL's long name, or the dotted OID
+    public_key_bits: int  # 0 when unknown
+    signature_algorithm: str
+    self_signed: bool  # issuer and subject names equal octet for octet
+    sha256: str  # lower-case hex of the DER's digest
+    sha1: str
+    spki_sha256: str  # of the DER SubjectPublicKeyInfo: what HPKP-style pins name
+
+
+class Certificate:
+    """One X.509 certificate: a value over its DER encoding.
+
+    Immutable; equal and hashed by its DER bytes. ``Certificate(der)`` parses the
+    whole certificate, so a malformed one raises :class:`ValueError` there. A
+    certificate from the native backend arrives with its :class:`Summary` read by
+    OpenSSL; the fields beyond it (``subject``, ``issuer``, ``is_ca``, ``to_dict()``)
+    are read from the DER on first use, and raise :class:`ValueError` then if the
+    reader here rejects what OpenSSL took.
     """
 
     __slots__ = (
@@ -522,6 +604,10 @@ class Certificate:
         "_san",
         "_has_san",
         "_basic_constraints",
+        "_spki",
+        "_summary",
+        "_load_summary",
+        "_parsed",
     )
 
     def __init__(self, der: bytes) -> None:
@@ -532,6 +618,35 @@ class Certificate:
             raise ValueError("malformed certificate: no data")
         self._der = der
         self._parse()
+        self._summary: Summary | None = None
+        self._load_summary: Callable[[], Summary] = self._summarize
+
+    @classmethod
+    def _from_summary(cls, der: bytes, load_summary: Callable[[], Summary]) -> Certificate:
+        """A certificate whose summary was read elsewhere (by OpenSSL), decoded on first use."""
+        cert = object.__new__(cls)
+        cert._der, cert._summary, cert._load_summary, cert._parsed = der, None, load_summary, False
+        return cert
+
+    def _full(self) -> Certificate:
+        """Self, with every field read from the DER."""
+        if not self._parsed:
+            self._parse()
+        return self
+
+    def _summarize(self) -> Summary:
+        common_names = [attr.text for attr in self._subject if attr.key == "CN" and not attr.dumped]
+        der = self._der
+        return Summary(
+            _name_text(self._subject), _name_text(self._issuer), common_names[-1] if common_names else None,
+            self._san, self._serial, self._not_before, self._not_after, self._version,
+            _ALGORITHMS.get(self._public_key_algorithm, (None, self._public_key_algorithm))[1],
+            _public_key_bits(der, self._spki),
+            _ALGORITHMS.get(self._signature_algorithm, (None, self._signature_algorithm))[1],
+            self._issuer_der == self._subject_der, hashlib.sha256(der).hexdigest(),
+            hashlib.sha1(der, usedforsecurity=False).hexdigest(),
+            hashlib.sha256(der[self._spki.start : self._spki.end]).hexdigest(),
+        )
 
     def _parse(self) -> None:
         data = self._der
@@ -559,7 +674,8 @@ class Certificate:
         self._not_after, self._not_after_text = _time(data, validity.read("notAfter"), "notAfter")
         validity.done()
         self._subject, self._subject_der = _name(tbs, "subject")
-        spki = tbs.inner(tbs.expect(_SEQUENCE, "subjectPublicKeyInfo"), "subjectPublicKeyInfo")
+        self._spki = tbs.expect(_SEQUENCE, "subjectPublicKeyInfo")
+        spki = tbs.inner(self._spki, "subjectPublicKeyInfo")
         self._public_key_algorithm = _algorithm(spki, "subjectPublicKeyInfo algorithm")
         _bit_string(data, spki.expect(_BIT_STRING, "subjectPublicKey"), "subjectPublicKey")
         spki.done()
@@ -573,6 +689,7 @@ class Certificate:
         if tbs.peek() == _CONTEXT_3:
             self._parse_extensions(tbs)
         tbs.done()
+        self._parsed = True
 
     def _parse_extensions(self, tbs: _Reader) -> None:
         data = self._der
@@ -625,70 +742,98 @@ class Certificate:
     @property
     def version(self) -> int:
         """1, 2 or 3 (the DER field holds one less)."""
-        return self._version
+        return self.summary.version
 
     @property
     def serial_number(self) -> int:
-        return self._serial
+        return self.summary.serial_number
 
     @property
     def subject(self) -> dict[str, str]:
         """Attributes by OpenSSL short name (dotted OID if unknown); a repeated one keeps its last value."""
-        return {attr.key: attr.text for attr in self._subject}
+        return {attr.key: attr.text for attr in self._full()._subject}
 
     @property
     def issuer(self) -> dict[str, str]:
-        return {attr.key: attr.text for attr in self._issuer}
+        return {attr.key: attr.text for attr in self._full()._issuer}
 
     @property
     def subject_items(self) -> tuple[tuple[str, str], ...]:
         """Every subject attribute as (name, value), in certificate order."""
-        return tuple((attr.key, attr.text) for attr in self._subject)
+        return tuple((attr.key, attr.text) for attr in self._full()._subject)
 
     @property
     def issuer_items(self) -> tuple[tuple[str, str], ...]:
-        return tuple((attr.key, attr.text) for attr in self._issuer)
+        return tuple((attr.key, attr.text) for attr in self._full()._issuer)
 
     @property
     def subject_text(self) -> str:
         """One line in certificate order, as ``openssl x509 -subject`` prints it with ``-nameopt``
         ``esc_2253,esc_ctrl,utf8,dump_nostr,dump_der,sep_comma_plus_space,sname``: ``O=trustme, CN=localhost``.
         """
-        return _name_text(self._subject)
+        return self.summary.subject_text
 
     @property
     def issuer_text(self) -> str:
-        return _name_text(self._issuer)
+        return self.summary.issuer_text
+
+    @property
+    def common_name(self) -> str | None:
+        """The subject's CN (the last one when there are several), None when it has none."""
+        return self.summary.common_name
 
     @property
     def san(self) -> tuple[tuple[str, str], ...]:
         """subjectAltName entries of type "DNS", "IP Address", "URI" and "email", in order."""
-        return self._san
+        return self.summary.san
 
     @property
     def not_before(self) -> _dt.datetime:
-        return self._not_before
+        return self.summary.not_before
 
     @property
     def not_after(self) -> _dt.datetime:
-        return self._not_after
+        return self.summary.not_after
 
     @property
     def signature_algorithm(self) -> str:
-        return _ALGORITHMS.get(self._signature_algorithm, (None, self._signature_algorithm))[1]
+        return self.summary.signature_algorithm
 
     @property
     def public_key_algorithm(self) -> str:
-        return _ALGORITHMS.get(self._public_key_algorithm, (None, self._public_key_algorithm))[1]
+        return self.summary.public_key_algorithm
+
+    @property
+    def public_key_bits(self) -> int:
+        """The key's size in bits as OpenSSL counts it (256 for P-256, 253 for X25519); 0 when unknown."""
+        return self.summary.public_key_bits
+
+    @property
+    def spki_sha256(self) -> str:
+        """SHA-256 of the DER SubjectPublicKeyInfo, hex: the key's pin, unchanged when the certificate is renewed."""
+        return self.summary.spki_sha256
+
+    @property
+    def summary(self) -> Summary:
+        summary = self._summary
+        if summary is None:
+            summary = self._summary = self._load_summary()
+        return summary
 
     @property
     def is_self_signed(self) -> bool:
         """Issuer and subject are the same name, octet for octet (the signature is not checked)."""
-        return self._issuer_der == self._subject_der
+        return self.summary.self_signed
 
     @property
     def is_ca(self) -> bool:
-        return self._basic_constraints is not None and self._basic_constraints[0]
+        full = self._full()
+        return full._basic_constraints is not None and full._basic_constraints[0]
+
+    @property
+    def is_expired(self) -> bool:
+        """not_after has passed."""
+        return self.summary.not_after < _dt.datetime.now(_UTC)
 
     # -- fingerprints and validity --------------------------------------------
 
@@ -696,6 +841,9 @@ class Certificate:
         """Lower-case hex digest of the DER bytes, by any fixed-length :mod:`hashlib` algorithm."""
         if not isinstance(algorithm, str):
             raise TypeError(f"algorithm must be a str, not {type(algorithm).__name__}")
+        known = algorithm.lower()
+        if known in ("sha256", "sha1"):
+            return self.summary.sha256 if known == "sha256" else self.summary.sha1
         return _digest_hex(self._der, algorithm)
 
     def matches_fingerprint(self, spec: str | bytes | Mapping[str, str]) -> bool:
@@ -711,7 +859,7 @@ class Certificate:
             raise TypeError(f"valid_at() takes a datetime, not {type(when).__name__}")
         elif when.utcoffset() is None:
             raise ValueError("valid_at() needs a timezone-aware datetime")
-        return self._not_before <= when <= self._not_after
+        return self.summary.not_before <= when <= self.summary.not_after
 
     # -- PHP's view -------------------------------------------------------------
 
@@ -724,6 +872,7 @@ class Certificate:
         time strings. ``extensions`` holds ``basicConstraints`` and
         ``subjectAltName`` when present, in OpenSSL's text form.
         """
+        self._full()
         serial = self._serial
         if serial.bit_length() < 128:  # i2s_ASN1_INTEGER() switches to hex here
             serial_text = str(serial)
@@ -770,7 +919,7 @@ class Certificate:
     def __repr__(self) -> str:
         return (
             f"<Certificate subject={self.subject_text!r} issuer={self.issuer_text!r} "
-            f"not_after={self._not_after.isoformat()}>"
+            f"not_after={self.not_after.isoformat()}>"
         )
 
 

@@ -191,6 +191,24 @@ def _port_number(text: str) -> int:
     return value
 
 
+def _shard_spec(text: str) -> tuple[int, int]:
+    from .shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed(text: str) -> int:
+    from .shard import checked_seed
+
+    try:
+        return checked_seed(int(text, 0))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -255,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_version(args: argparse.Namespace) -> int:
     backend = _backend.select()
-    print(f"streamsock {__version__} ({backend.name} backend, {backend.openssl_version()})")
+    print(f"streamsock {__version__}: {_backend.describe(backend)}, {backend.openssl_version()}")
     return 0
 
 
@@ -319,9 +337,24 @@ def _add_probe_parser(sub) -> None:
     p.add_argument("--payload", type=escaped_bytes, default=b"", metavar="TEXT",
                    help=r"send TEXT once connected (\r, \n, \t, \xHH interpreted)")
     p.add_argument("--banner", type=int, default=0, metavar="N", help="keep up to N bytes of the reply")
-    p.add_argument("--resume", action="store_true", help="resume TLS sessions for repeated targets")
+    p.add_argument("--resume-sessions", action="store_true", help="resume TLS sessions for repeated targets")
+    p.add_argument("--shard", type=_shard_spec, metavar="I/N",
+                   help="probe only shard I of N (0 to N-1): N runs with the same input and --seed cover it once")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="the key of the shard hash (default 0)")
+    p.add_argument("--resume", metavar="FILE",
+                   help="go on with the run that wrote FILE (its --json, -o or CSV output): skip the targets it "
+                   "records and append the rest to it (or to -o)")
+    p.add_argument("--cluster", metavar="ADDR",
+                   help="run as --shards tasks on a Dask cluster: 'local' (a worker per core) or the scheduler's "
+                   "address (tcp://host:8786); -o names a directory, one file per shard. Needs streamsock[dask]")
+    p.add_argument("--shards", type=positive_int, metavar="N",
+                   help="with --cluster, the number of shards (default: the cluster's worker threads)")
     p.add_argument("--chain", action="store_true",
-                   help='add the certificate chain the server sent ("chain": base64 DER, leaf first)')
+                   help='add the certificate chain the server sent ("chain": each certificate\'s fields and '
+                        'base64 DER, leaf first)')
+    p.add_argument("--ja4plus", action="store_true",
+                   help="add the JA4S and JA4X fingerprints (JA4+: FoxIO License 1.1, free for internal and "
+                        "academic use, not for monetization)")
     p.add_argument("--json", action="store_const", const="jsonl", dest="format", help="short for --format jsonl")
     p.add_argument("--alpn", metavar="LIST", help="ALPN protocols to offer, e.g. h2,http/1.1")
     p.add_argument("--cert", metavar="FILE", help="a client certificate (PEM; may hold the key too)")

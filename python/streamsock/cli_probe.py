@@ -25,13 +25,18 @@ from typing import IO, Callable, Iterator
 from .address import Address, Transport
 from .cli import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
 from .errors import AddressError
-from .probe import ProbeResult
+from .probe import ProbeResult, certificate_record
+from .resume import ResumeError
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
 _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from .distributed import run_cli
+
+        return run_cli(args)
     files = list(args.file or ())
     if not args.addresses and not files:
         if _is_tty(sys.stdin):
@@ -41,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     files = [_stdin_text() if f is sys.stdin else f for f in files]
     backend = backend_for(args)
     context = tls_client_context(args)
-    total = _count_targets(args.addresses, files)
+    recorded = _resume_from(args)
+    total = _count_targets(args.addresses, files) if args.shard is None else None  # a shard's size is unknown
+    if total is not None and recorded is not None:
+        total -= len(recorded)
     targets = itertools.chain(args.addresses, *(read_lines(f, comments=True) for f in files))
     if args.scheme or args.port:
         targets = map(_defaults_applier(backend, args.scheme, args.port), targets)
@@ -50,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             targets, concurrency=args.concurrency, timeout=args.timeout, context=context,
             connect_timeout=args.connect_timeout, handshake_timeout=args.handshake_timeout, payload=args.payload,
             banner=args.banner, capture_chain=args.chain, starttls=args.starttls, rate=args.rate,
-            resume=args.resume,
+            resume=args.resume_sessions, shard=args.shard, seed=args.seed, skip=recorded,
         )
     except ValueError as exc:  # an option probe() refuses: its rules, not repeated here
         raise UsageError(str(exc)) from None
@@ -64,14 +72,43 @@ def run(args: argparse.Namespace) -> int:
                 write(result)
                 progress.update(stats, time.monotonic())
         except KeyboardInterrupt as exc:
+            in_flight = results.in_flight
             results.close()  # stops the engine; what finished is still summed up
             progress.finish()
             terminated = isinstance(exc, Terminated)
-            stats.report(sys.stderr, stopped_by="SIGTERM" if terminated else "Ctrl-C", total=total)
+            stats.report(sys.stderr, stopped_by="SIGTERM" if terminated else "Ctrl-C", total=total,
+                         in_flight=in_flight)
             return 128 + signal.SIGTERM if terminated else 130
+        except ResumeError as exc:  # --resume FILE written for another input
+            raise UsageError(str(exc)) from None
     progress.finish()
     stats.report(sys.stderr)
     return 0 if stats.failed == 0 else 1
+
+
+def _resume_from(args: argparse.Namespace):
+    """The targets --resume FILE records (None without --resume). The records
+    go on in FILE, in its format, unless -o names another file; a record the
+    kill cut short is dropped from FILE first, so the next starts on a line of its own."""
+    if args.resume is None:
+        return None
+    from .resume import RecordedTargets, drop_cut_record
+
+    try:
+        recorded = RecordedTargets.read(args.resume)
+    except OSError as exc:
+        raise UsageError(f"cannot resume from {args.resume}: {exc.strerror}") from None
+    except ResumeError as exc:
+        raise UsageError(str(exc)) from None
+    if args.output is None:
+        args.output = args.resume
+    if args.format is None:
+        args.format = recorded.format or "jsonl"
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.resume):
+        if recorded.format is not None and args.format != recorded.format:
+            raise UsageError(f"{args.resume} holds {recorded.format} records: resume it without --format {args.format}")
+        drop_cut_record(args.resume, recorded)
+    return recorded
 
 
 def _stdin_text() -> IO[str]:
@@ -115,7 +152,10 @@ def _defaults_applier(backend, scheme: str | None, port: int | None):
 
 _CSV_FIELDS = ("timestamp", "index", "target", "host", "ip", "port", "sni", "ok", "error_class", "errno", "message",
                "tls_version", "cipher", "alpn", "session_reused", "connect_ms", "handshake_ms", "total_ms",
-               "cert_sha256")
+               "trusted", "verify_result", "verify_reason", "name_matched", "cert_sha256", "cert_subject",
+               "cert_issuer", "cert_san", "cert_not_after", "cert_expired", "cert_self_signed", "cert_key_type",
+               "cert_key_bits", "cert_spki_sha256", "ja3s")
+_JA4PLUS_FIELDS = ("ja4s", "ja4x")
 
 
 @contextlib.contextmanager
@@ -123,6 +163,7 @@ def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult],
     """write(result) for the chosen format and destination. A file is opened
     for appending and each record goes out whole in one write, so a run that
     is killed leaves whole records only."""
+    fields = _CSV_FIELDS + (_JA4PLUS_FIELDS if args.ja4plus else ())
     kind = args.format or ("jsonl" if args.output else "text")
     out: IO[str] = sys.stdout
     if args.output:
@@ -137,10 +178,10 @@ def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult],
     try:
         if kind == "csv":
             if out is sys.stdout or out.tell() == 0:  # a file appended to has its header
-                out.write(",".join(_CSV_FIELDS) + "\r\n")
-            yield lambda result: out.write(_csv_line(result))
+                out.write(",".join(fields) + "\r\n")
+            yield lambda result: out.write(_csv_line(result, fields, args.ja4plus))
         elif kind == "jsonl":
-            yield lambda result: out.write(_json_line(result, args.chain))
+            yield lambda result: out.write(_json_line(result, args.chain, args.ja4plus))
         else:
             yield lambda result: out.write(_human_line(result, args.chain))
     finally:
@@ -148,18 +189,31 @@ def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult],
             out.close()
 
 
-def _csv_line(result: ProbeResult) -> str:
-    record = result.to_dict()
+def _csv_line(result: ProbeResult, fields: tuple[str, ...], ja4plus: bool) -> str:
+    record = result.to_dict(ja4plus)
+    for name, value in (record.pop("cert") or {}).items():  # flat: one column a field
+        record["cert_" + name] = " ".join(value) if isinstance(value, list) else value
     line = io.StringIO()
-    csv.writer(line).writerow(["" if record[name] is None else record[name] for name in _CSV_FIELDS])
+    csv.writer(line).writerow(["" if record.get(name) is None else record[name] for name in fields])
     return line.getvalue()
 
 
-def _json_line(result: ProbeResult, with_chain: bool) -> str:
-    record = result.to_dict()
+def _json_line(result: ProbeResult, with_chain: bool, ja4plus: bool) -> str:
+    record = result.to_dict(ja4plus)
     if with_chain:
-        record["chain"] = [base64.b64encode(der).decode("ascii") for der in result.chain]
+        record["chain"] = [{**certificate_record(cert, result.finished_at),
+                            **({"ja4x": _ja4x(cert)} if ja4plus else {}),
+                            "der": base64.b64encode(cert.der).decode("ascii")} for cert in result.chain]
     return json.dumps(record) + "\n"
+
+
+def _ja4x(cert) -> str | None:
+    from .ja4plus import ja4x
+
+    try:
+        return ja4x(cert.der)
+    except ValueError:
+        return None
 
 
 def _human_line(result: ProbeResult, with_chain: bool) -> str:
@@ -236,9 +290,11 @@ class Statistics:
         if result.handshake_ms is not None:
             self.handshake_ms.add(result.handshake_ms)
 
-    def report(self, out: IO[str], stopped_by: str | None = None, total: int | None = None) -> None:
+    def report(self, out: IO[str], stopped_by: str | None = None, total: int | None = None,
+               in_flight: int = 0) -> None:
         """The summary table; ``stopped_by`` names what ended the probe early,
-        and then the targets of a known ``total`` not finished are counted too."""
+        and then the targets cut short in flight, and of a known ``total`` those
+        not started, are counted too."""
         elapsed = max(time.monotonic() - self.started, 1e-9)
         state = f"stopped by {stopped_by} after" if stopped_by else "done:"
         lines = [
@@ -249,8 +305,10 @@ class Statistics:
         ]
         ordered = [("ok", self.outcomes.get("ok", 0))] + sorted(
             ((name, n) for name, n in self.outcomes.items() if name != "ok"), key=lambda item: (-item[1], item[0]))
-        if stopped_by and total is not None:
-            ordered.append(("not finished", total - self.done))  # in flight, or not started
+        if stopped_by:
+            ordered.append(("stopped in flight", in_flight))
+            if total is not None:
+                ordered.append(("not started", max(total - self.done - in_flight, 0)))
         lines += [f"  {name:<28}{n:>10,}" for name, n in ordered]
         lines += ["", f"  {'latency of ok targets (ms)':<28}" + "".join(
             f"{'p' + str(p):>10}" for p in self.PERCENTILES) + f"{'max':>10}"]

@@ -88,7 +88,11 @@ class TLSError(StreamSocketError):
 
 
 class CertificateVerifyError(TLSError):
-    """The peer's certificate or name did not verify."""
+    """The peer's certificate or name did not verify. ``peer_certificate`` is
+    the certificate that failed (a :class:`~streamsock.certificate.Certificate`),
+    None when none arrived."""
+
+    peer_certificate = None
 
 
 # Codes, as in csrc/streamsock.h's enum ss_error.

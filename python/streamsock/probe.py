@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from . import errors as _e
 from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
 from .address import Address, Transport, ip_literal, split_host_port
+from .certificate import Certificate
+from .fingerprint import ja3s, parse_server_hello
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
+from .shard import Selection
 from .starttls import PROTOCOLS
 
 SESSION_CACHE = 1024  # TLS sessions kept with resume=True (one per target)
@@ -58,21 +60,57 @@ class ProbeResult:
     cipher: str | None = None
     group: str | None = None     # key-exchange group (native backend)
     alpn: str | None = None
-    verify_result: int = 0
+    # Trust, evaluated whether or not it was enforced; None when no certificate arrived.
+    verify_result: int | None = None  # OpenSSL's X509 verify result: 0 a trusted chain, else X509_V_ERR_*
+    verify_reason: str | None = None  # OpenSSL's words for it: "ok", "certificate has expired", ...
+    name_matched: bool | None = None  # the leaf names the expected host (None: no name to check)
     session_reused: bool = False
     resolve_ms: float | None = None
     connect_ms: float | None = None
     handshake_ms: float | None = None
     total_ms: float | None = None
     banner: bytes = b""          # the peer's first bytes; with STARTTLS its greeting
-    cert_der: bytes | None = None
-    chain: tuple[bytes, ...] = field(default_factory=tuple)
+    certificate: Certificate | None = None  # the leaf, also when the handshake failed after it arrived
+    chain: tuple[Certificate, ...] = ()  # with capture_chain: every certificate sent, leaf first
     sni: str | None = None       # the server name sent in the ClientHello (TLS targets)
+    server_hello: bytes = b""    # the body of the first ServerHello received (TLS targets)
     finished_at: float = 0.0     # when the probe ended (seconds since the epoch)
 
     @property
+    def cert_der(self) -> bytes | None:
+        return self.certificate.der if self.certificate is not None else None
+
+    @property
     def cert_sha256(self) -> str | None:
-        return hashlib.sha256(self.cert_der).hexdigest() if self.cert_der else None
+        return self.certificate.fingerprint("sha256") if self.certificate is not None else None
+
+    @property
+    def ja3s(self) -> str | None:
+        """JA3S of the ServerHello (None without one)."""
+        hello = parse_server_hello(self.server_hello) if self.server_hello else None
+        return ja3s(hello) if hello is not None else None
+
+    @property
+    def ja4s(self) -> str | None:
+        """JA4S of the ServerHello: a JA4+ fingerprint (FoxIO License 1.1, see streamsock.ja4plus)."""
+        from .ja4plus import ja4s
+
+        hello = parse_server_hello(self.server_hello) if self.server_hello else None
+        return ja4s(hello) if hello is not None else None
+
+    @property
+    def ja4x(self) -> str | None:
+        """JA4X of the leaf certificate: a JA4+ fingerprint (FoxIO License 1.1, see streamsock.ja4plus)."""
+        from .ja4plus import ja4x
+
+        return _ja4x_or_none(ja4x, self.certificate)
+
+    @property
+    def trusted(self) -> bool | None:
+        """A trusted chain that names the host; None when no certificate arrived."""
+        if self.verify_result is None:
+            return None
+        return self.verify_result == 0 and self.name_matched is not False
 
     @property
     def timestamp(self) -> str:
@@ -85,7 +123,8 @@ class ProbeResult:
         """The IP address connected to (None when no connection was made, or for unix sockets)."""
         return _split_peer(self.peer)[0]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, ja4plus: bool = False) -> dict:
+        """The record as JSON-ready values; ``ja4plus`` adds JA4S and JA4X (FoxIO License 1.1)."""
         address = self.address
         port = address.port if address is not None and address.port is not None else _split_peer(self.peer)[1]
         return {
@@ -94,11 +133,41 @@ class ProbeResult:
             "ip": self.ip, "port": port, "sni": self.sni,
             "ok": self.ok, "error": self.error, "error_class": self.error_class, "errno": self.errno,
             "message": self.message, "peer": self.peer, "tls_version": self.tls_version, "cipher": self.cipher,
-            "group": self.group, "alpn": self.alpn, "verify_result": self.verify_result,
+            "group": self.group, "alpn": self.alpn, "trusted": self.trusted, "verify_result": self.verify_result,
+            "verify_reason": self.verify_reason, "name_matched": self.name_matched,
             "session_reused": self.session_reused, "resolve_ms": self.resolve_ms, "connect_ms": self.connect_ms,
             "handshake_ms": self.handshake_ms, "total_ms": self.total_ms,
             "banner": self.banner.decode("latin-1"), "cert_sha256": self.cert_sha256,
-        }
+            "ja3s": self.ja3s,
+            "cert": certificate_record(self.certificate, self.finished_at) if self.certificate is not None else None,
+        } | ({"ja4s": self.ja4s, "ja4x": self.ja4x} if ja4plus else {})
+
+
+def _ja4x_or_none(ja4x, cert: Certificate | None) -> str | None:
+    if cert is None:
+        return None
+    try:
+        return ja4x(cert.der)
+    except ValueError:  # a certificate the DER reader cannot walk
+        return None
+
+
+def certificate_record(cert: Certificate, at: float) -> dict:
+    """A certificate's fields as a record shows them (JSON-ready); ``expired`` as of ``at``."""
+    s = cert.summary
+    return {
+        "subject": s.subject_text, "common_name": s.common_name, "issuer": s.issuer_text,
+        "san": [f"{kind}:{value}" for kind, value in s.san], "serial": f"{s.serial_number:x}",
+        "not_before": _iso(s.not_before), "not_after": _iso(s.not_after),
+        "expired": s.not_after.timestamp() < at, "self_signed": s.self_signed, "version": s.version,
+        "key_type": s.public_key_algorithm, "key_bits": s.public_key_bits,
+        "signature_algorithm": s.signature_algorithm,
+        "sha256": s.sha256, "sha1": s.sha1, "spki_sha256": s.spki_sha256,
+    }
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _split_peer(peer: str) -> tuple[str | None, int | None]:
@@ -109,7 +178,7 @@ def _split_peer(peer: str) -> tuple[str | None, int | None]:
 
 def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError, **times) -> ProbeResult:
     return ProbeResult(index, target, address, False, exc.code, type(exc).__name__, exc.errno or 0, str(exc),
-                       verify_result=getattr(exc, "verify_result", 0), finished_at=time.time(), **times)
+                       finished_at=time.time(), **times)
 
 
 @dataclass
@@ -153,10 +222,13 @@ class ProbeOptions:
                 min(self.handshake_timeout or self.timeout, self.timeout))
 
 
-def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions):
-    """(index, text, Address or the AddressError) for each target, lazily."""
+def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions, selection: Selection | None = None):
+    """(index, text, Address or the AddressError) for each target ``selection``
+    takes (by default every one), lazily; ``index`` counts every target."""
     for index, target in enumerate(targets):
         text = _text_of(target)
+        if selection is not None and not selection.wants(index, text):
+            continue
         try:
             if isinstance(target, Address):
                 address = target
@@ -186,12 +258,34 @@ def _text_of(target: object) -> str:
         return f"<unprintable {type(target).__name__}>"
 
 
+class ProbeRun(Iterator[ProbeResult]):
+    """probe()'s results, one ProbeResult per target as it finishes (in finishing
+    order; ``index`` says which input it was), and how many are under way."""
+
+    def __init__(self, backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions,
+                 selection: Selection | None = None) -> None:
+        self._handed: dict[int, tuple] = {}
+        self._results = _owned_by_this_process(_probe(backend, targets, context, options, self._handed, selection))
+
+    def __next__(self) -> ProbeResult:
+        return next(self._results)
+
+    def close(self) -> None:
+        """Stops the probe: connections under way are closed, unread targets left unread."""
+        self._results.close()
+
+    @property
+    def in_flight(self) -> int:
+        """Targets handed to the engine and not reported yet (after close(): those it stopped)."""
+        return len(self._handed)
+
+
 def probe(backend, targets: Iterable[str | Address], context: Context | None = None,
-          options: ProbeOptions | None = None) -> Iterator[ProbeResult]:
-    """Probe every target; yields a ProbeResult per target as it finishes (in
-    finishing order; ``index`` says which input it was)."""
-    context = context if context is not None else DEFAULT_CONTEXT
-    return _owned_by_this_process(_probe(backend, targets, context, options or ProbeOptions()))
+          options: ProbeOptions | None = None, selection: Selection | None = None) -> ProbeRun:
+    """Probe every target (those ``selection`` takes: a shard, less the ones to
+    skip); see ProbeRun."""
+    return ProbeRun(backend, targets, context if context is not None else DEFAULT_CONTEXT, options or ProbeOptions(),
+                    selection)
 
 
 def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
@@ -213,13 +307,15 @@ def _tls_for(backend, context: Context, address: Address, options: ProbeOptions)
     return (backend.tls_context(context, False, address.transport) if address.secure else None), None
 
 
-def _probe(backend, targets, context: Context, options: ProbeOptions) -> Iterator[ProbeResult]:
+def _probe(backend, targets, context: Context, options: ProbeOptions,
+           meta: dict[int, tuple[str, Address, str | None]], selection: Selection | None = None
+           ) -> Iterator[ProbeResult]:
+    """The probe; ``meta`` holds the targets handed to the engine and not yet reported."""
     engine = backend.engine(options, context)
-    meta: dict[int, tuple[str, Address, str | None]] = {}  # the targets handed to the engine, not yet reported
     tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed over ahead of time
     refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
-    source = Prefetch(_parsed(backend, targets, options), high_water)
+    source = Prefetch(_parsed(backend, targets, options, selection), high_water)
     owner = os.getpid()
     try:
         while True:
@@ -277,14 +373,14 @@ def _sni_for(context: Context, address: Address, options: ProbeOptions) -> str |
 
 def _result(record: tuple, text: str, address: Address, sni: str | None) -> ProbeResult:
     (index, ok, error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused,
-     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs) = record
+     resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs, name_matched, verify_reason, server_hello) = record
     error_name = error_class = None
     if error:
         exc = _e.from_native(error, sys_errno, message)
         error_name, error_class = exc.code, type(exc).__name__
     return ProbeResult(
         index, text, address, ok, error_name, error_class, sys_errno, message, peer, protocol or None,
-        cipher or None, group or None, alpn or None, verify_result, session_reused, _ms(resolve_ms),
-        _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None, tuple(certs),
-        sni, time.time(),
+        cipher or None, group or None, alpn or None, verify_result, verify_reason, name_matched, session_reused,
+        _ms(resolve_ms), _ms(connect_ms), _ms(handshake_ms), total_ms, banner, certs[0] if certs else None,
+        tuple(certs), sni, server_hello, time.time(),
     )

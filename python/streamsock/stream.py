@@ -107,10 +107,14 @@ class Stream(StateViews):
         """Completes a pending async connect or STARTTLS, then runs its checks
         (fingerprint, capture): True when done."""
         st = self._st
-        if self._blocking:
-            st.conn.run(self._timeout, st.pending_context)
-        elif st.conn.step(st.pending_context) != DONE:
-            return False
+        try:
+            if self._blocking:
+                st.conn.run(self._timeout, st.pending_context)
+            elif st.conn.step(st.pending_context) != DONE:
+                return False
+        except _e.CertificateVerifyError as exc:
+            st.note_verify_failure(exc)
+            raise
         st.after_handshake()
         return True
 
@@ -610,7 +614,8 @@ def _connect(backend, a: Address, ctx: Context, timeout: float | None, flags: in
     try:
         conn.run(timeout_value(timeout), st.pending_context)
         st.after_handshake()
-    except BaseException:
+    except BaseException as exc:
+        st.note_verify_failure(exc)  # before the close frees what the peer sent
         stream.close()
         raise
     return stream

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._core import ffi, lib
 from .acceptor import Acceptor as acceptor
+from .certinfo import describe as certificate
 from .conn import DONE, WANT_READ, WANT_WRITE, NativeConnection, adopt, open_client, open_server
 from .engine import Engine as engine
 
@@ -23,9 +24,9 @@ NAME = "native"
 FEATURES = frozenset({"key_exchange_group", "allow_self_signed_chain", "group_list"})
 
 __all__ = [
-    "DONE", "FEATURES", "acceptor", "adopt", "NAME", "NativeConnection", "WANT_READ", "WANT_WRITE", "available_transports",
-    "compile_tls", "engine", "error_table", "open_client", "open_server", "openssl_version", "parse",
-    "parse_batch", "parse_many", "self_signed",
+    "DONE", "FEATURES", "acceptor", "adopt", "NAME", "NativeConnection", "WANT_READ", "WANT_WRITE",
+    "available_transports", "certificate", "compile_tls", "engine", "error_table", "open_client", "open_server",
+    "openssl_version", "parse", "parse_batch", "parse_many", "self_signed",
 ]
 
 

@@ -1,9 +1,11 @@
 """What every native module needs at the FFI's edge: C strings kept alive for
-one call, error records raised as exceptions, timeouts in milliseconds."""
+one call, error records raised as exceptions, timeouts in milliseconds, C
+structs read with struct at C speed."""
 
 from __future__ import annotations
 
 import math
+import struct
 
 from .. import errors as _e
 from ._core import ffi
@@ -18,6 +20,18 @@ def raise_record(err, context: str | tuple | None = None):
     """Raises the exception for an ss_error_info_t."""
     raise _e.from_native(err.code, err.sys_errno, text(err.message), context=context,
                          verify_result=err.verify_result)
+
+
+def struct_of(ctype: str, fields: tuple[tuple[str, str], ...]) -> struct.Struct:
+    """A C struct as a struct.Struct of ``fields`` ((name, struct code), in
+    declaration order), the pads taken from the compiler's layout."""
+    fmt, at = "=", 0
+    for name, code in fields:
+        offset = ffi.offsetof(ctype, name)
+        fmt += f"{offset - at}x{code}" if offset > at else code
+        at = offset + struct.calcsize("=" + code)
+    size = ffi.sizeof(ctype)
+    return struct.Struct(fmt + (f"{size - at}x" if size > at else ""))
 
 
 def timeout_ms(timeout: float | None) -> int:

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import struct
 
 from .. import errors as _e
 from ..address import Address
-from ._cdata import raise_record, timeout_ms
+from ._cdata import raise_record, struct_of, timeout_ms
+from .certinfo import read_blocks, verify_reason
 from .conn import cached_options
 from ._core import ffi, lib
 
 
-def _record_struct() -> struct.Struct:
-    """ss_probe_result_t as a struct format, pads taken from the compiler's layout."""
-    fields = (("id", "Q"), ("ok", "i"), ("error", "i"), ("sys_errno", "i"), ("verify_result", "i"), ("state", "i"),
-              ("session_reused", "i"), ("message", "256s"), ("protocol", "16s"), ("cipher", "64s"), ("group", "64s"),
-              ("alpn", "64s"), ("peer", "64s"), ("resolve_ms", "d"), ("connect_ms", "d"), ("handshake_ms", "d"),
-              ("total_ms", "d"), ("banner_off", "I"), ("banner_len", "I"), ("certs_off", "I"), ("certs_len", "I"))
-    fmt, at = "=", 0
-    for name, code in fields:
-        offset = ffi.offsetof("ss_probe_result_t", name)
-        fmt += f"{offset - at}x{code}" if offset > at else code
-        at = offset + struct.calcsize("=" + code)
-    size = ffi.sizeof("ss_probe_result_t")
-    return struct.Struct(fmt + (f"{size - at}x" if size > at else ""))
-
-
-_RECORD = _record_struct()
-_CERT_LENGTH = struct.Struct("<I")  # before each certificate in the arena
+_RECORD = struct_of("ss_probe_result_t", (
+    ("id", "Q"), ("ok", "i"), ("error", "i"), ("sys_errno", "i"), ("verify_result", "i"), ("state", "i"),
+    ("session_reused", "i"), ("message", "256s"), ("protocol", "16s"), ("cipher", "64s"), ("group", "64s"),
+    ("alpn", "64s"), ("peer", "64s"), ("resolve_ms", "d"), ("connect_ms", "d"), ("handshake_ms", "d"),
+    ("total_ms", "d"), ("banner_off", "I"), ("banner_len", "I"), ("certs_off", "I"), ("certs_len", "I"),
+    ("name_matched", "i"), ("server_hello_off", "I"), ("server_hello_len", "I")))
 _ARENA_VIEW = 2 << 20  # a view over a batch's arena (BATCH_ARENA in csrc/engine_thread.c); only
                        # the ranges the records name are read
 
@@ -104,8 +93,9 @@ class Engine:
     def take(self, timeout_ms: int) -> list[tuple]:
         """Finished probes (waiting up to timeout_ms for the first) as tuples: (id, ok,
         error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn,
-        session_reused, resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs);
-        texts "" and times -1 when absent."""
+        session_reused, resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs,
+        name_matched, verify_reason, server_hello); texts "" and times -1 when absent, certs as Certificates;
+        verify_result, name_matched and verify_reason None when no certificate was received."""
         n = lib.ss_engine_thread_take(self._h, timeout_ms, self._records, self._arena)
         if n < 0:
             raise _e.error(n)
@@ -118,18 +108,16 @@ class Engine:
         out = []
         for (index, ok, error, sys_errno, verify_result, _state, session_reused, message, protocol, cipher, group,
              alpn, peer, resolve_ms, connect_ms, handshake_ms, total_ms, banner_off, banner_len, certs_off,
-             certs_len) in rows:
-            certs = []
-            at, stop = certs_off, certs_off + certs_len
-            while at + 4 <= stop:
-                (size,) = _CERT_LENGTH.unpack_from(arena, at)
-                certs.append(arena[at + 4 : at + 4 + size])
-                at += 4 + size
+             certs_len, name_matched, server_hello_off, server_hello_len) in rows:
+            known = verify_result >= 0
             out.append((
-                index, ok != 0, error, sys_errno, verify_result, _field(message), _field(peer),
+                index, ok != 0, error, sys_errno, verify_result if known else None, _field(message), _field(peer),
                 names.get(protocol) or _name(protocol), names.get(cipher) or _name(cipher),
                 names.get(group) or _name(group), _field(alpn), session_reused != 0, resolve_ms, connect_ms,
-                handshake_ms, total_ms, arena[banner_off : banner_off + banner_len], certs,
+                handshake_ms, total_ms, arena[banner_off : banner_off + banner_len],
+                read_blocks(arena, certs_off, certs_len) if certs_len else [],
+                None if name_matched < 0 else name_matched != 0, verify_reason(verify_result) if known else None,
+                arena[server_hello_off : server_hello_off + server_hello_len],
             ))
         return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from typing import Iterable
 
+from ..certificate import Certificate as certificate
 from ..address import PureAddressBatch, available_transports_pure, parse_many_pure, parse_pure
 from .acceptor import Acceptor as acceptor
 from .conn import DONE, WANT_READ, WANT_WRITE, PureConnection, adopt, open_client, open_server
@@ -29,9 +30,9 @@ parse = parse_pure
 parse_many = parse_many_pure
 
 __all__ = [
-    "DONE", "FEATURES", "acceptor", "adopt", "NAME", "PureConnection", "WANT_READ", "WANT_WRITE", "available_transports",
-    "compile_tls", "engine", "open_client", "open_server", "openssl_version", "parse", "parse_batch",
-    "parse_many", "self_signed",
+    "DONE", "FEATURES", "acceptor", "adopt", "NAME", "PureConnection", "WANT_READ", "WANT_WRITE",
+    "available_transports", "certificate", "compile_tls", "engine", "open_client", "open_server", "openssl_version",
+    "parse", "parse_batch", "parse_many", "self_signed",
 ]
 
 

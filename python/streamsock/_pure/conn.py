@@ -30,6 +30,8 @@ import termios
 from .. import errors as _e
 from .._deadline import deadline_after, time_left
 from ..address import Address, Transport, ip_literal
+from ..fingerprint import server_hello_from_records
+from .trust import NAME_MISMATCH, VERIFIED, verify_failure
 from .tls import (
     _X509_V_ERR_HOSTNAME_MISMATCH,
     _X509_V_ERR_IP_ADDRESS_MISMATCH,
@@ -87,6 +89,9 @@ class PureConnection:
         self._handback = bytearray()
         self._shutdown_sent = False
         self._error: tuple[int, int, str] | None = None
+        self.capture_hello = False  # keep the first ServerHello (fingerprints), as the C core's capture_hello
+        self.server_hello = b""
+        self._hello_tap: bytearray | None = None
         self._peer_name = context.peer_name(address) if address.host is not None else None
         self._verify_peer_name = context.verify_peer_name
         self._sni = context.sni_enabled
@@ -230,6 +235,9 @@ class PureConnection:
                                      session=session)
         self._tls = tls
         self._shutdown_sent = False
+        self._verify_failure: tuple[int, str] | None = None
+        if self.capture_hello and not s.server and not self.server_hello:
+            self._hello_tap = bytearray()
 
     def _context_for_session(self, tls: PureTLS, wanted: ssl.SSLContext, other: "PureConnection") -> ssl.SSLContext:
         """Python's ssl resumes a session only in the SSLContext that made it,
@@ -284,10 +292,21 @@ class PureConnection:
         except BlockingIOError:
             return WANT_READ
         if data:
+            if self._hello_tap is not None:
+                self._tap_hello(data)
             self._in.write(data)
         else:
             self._in.write_eof()
         return DONE
+
+    def _tap_hello(self, data: bytes) -> None:
+        """Keeps the ServerHello from the first records the server sends."""
+        tap = self._hello_tap
+        tap += data
+        found = server_hello_from_records(tap)
+        if found is not None:
+            self.server_hello = found
+            self._hello_tap = None
 
     def _tls_call(self, operation, *args, reading: bool = False):
         """Runs an SSLObject operation, pumping I/O: (result, want). A read
@@ -338,6 +357,8 @@ class PureConnection:
         except OSError:
             pass
         code = _e.TLS_VERIFY if isinstance(exc, ssl.SSLCertVerificationError) else _e.TLS
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._verify_failure = verify_failure(exc)
         if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             code = _e.EOF
         message = f"{what}: {ssl_reason(exc)}"
@@ -770,17 +791,44 @@ class PureConnection:
         }
 
     def peer_certs(self, chain: bool) -> list[bytes]:
+        """The peer's certificates, leaf first; after a failed verification, or
+        during the handshake, what it sent so far."""
         if self._ssl is None:
             return []
-        if not chain:
-            der = self._ssl.getpeercert(binary_form=True)
-            return [der] if der else []
-        certs = self._ssl._sslobj.get_unverified_chain() or []
-        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in certs]
-        leaf = self._ssl.getpeercert(binary_form=True)
+        try:
+            leaf = self._ssl.getpeercert(binary_form=True)
+        except ValueError:  # the handshake is not done
+            leaf = None
+        if leaf and not chain:
+            return [leaf]
+        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in self._ssl._sslobj.get_unverified_chain() or []]
         if leaf and (not ders or ders[0] != leaf):  # the server side's chain omits the leaf
             ders.insert(0, leaf)
-        return ders
+        return ders if chain else ders[:1]
+
+    def trust(self) -> tuple[int | None, str | None, bool | None]:
+        """(verify result, its words, name matched) of a client's peer, as the C
+        core's ss_conn_trust gives them: enforced or not; Nones when unknown."""
+        if self._ssl is None or self._ssl.server_side:
+            return None, None, None
+        chain = self.peer_certs(True)
+        if not chain:
+            return None, None, None
+        tls, name = self._tls, self._peer_name
+        failure = self._verify_failure
+        if failure is not None:
+            result = failure
+        elif self._ssl.context.verify_mode == ssl.CERT_REQUIRED and self.state == "established":
+            result = VERIFIED
+        else:
+            result = tls.trust.chain_result(chain)
+        if failure is not None and failure[0] in NAME_MISMATCH:
+            matched = False
+        elif self._check_name_in_handshake and self.state == "established":
+            matched = True
+        else:
+            matched = tls.trust.name_matched(chain[0], name)
+        return (result[0], result[1], matched) if result is not None else (None, None, matched)
 
 
 def _resolve(conn: PureConnection, host: str, port: int, stype: int, passive: bool, context):

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import threading
 
 from .. import errors as _e
 from ..address import Address, Transport, ip_literal
-from ..certificate import fingerprint_matches
+from ..certificate import Certificate, fingerprint_matches
 from .._resolve import resolve
 from ..starttls import Dialogue
 from .conn import DONE, WANT_READ, PureConnection, open_client
@@ -39,24 +40,71 @@ BATCH_WAIT = 0.010
 _NO_TIME = -1.0          # a phase not reached, as the C records say it
 
 
+class _EngineClock:
+    """The probes' time: the loop's, less the time it stood still between take()
+    calls. Without a thread of its own the loop runs only while the caller waits
+    for records; a probe under way while the caller is busy elsewhere must not
+    count that time, nor see its deadlines pass for it (its socket's readiness
+    and its timer would come due together, and asyncio runs the timer first)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.stood_still = 0.0
+        self.stopped_at: float | None = None
+        self.timeouts: set[asyncio.Timeout] = set()  # the probes' deadlines being awaited
+
+    def now(self) -> float:
+        return self.loop.time() - self.stood_still
+
+    def stop(self) -> None:
+        self.stopped_at = self.loop.time()
+
+    def resume(self) -> None:
+        """Before the loop runs again (callbacks left from its last run go first):
+        the pause is not the probes' time, and their deadlines move on by it."""
+        if self.stopped_at is None:
+            return
+        pause, self.stopped_at = self.loop.time() - self.stopped_at, None
+        self.stood_still += pause
+        asyncio._set_running_loop(self.loop)  # Timeout.reschedule asks for it; the loop is ours and idle
+        try:
+            for timeout in self.timeouts:
+                when = timeout.when()
+                if when is not None and not timeout.expired():  # one already expiring has cancelled its task
+                    timeout.reschedule(when + pause)
+        finally:
+            asyncio._set_running_loop(None)
+
+    @contextlib.asynccontextmanager
+    async def timeout_at(self, when: float):
+        """asyncio.timeout_at for a moment of this clock, moved on by any pause."""
+        async with asyncio.timeout_at(when + self.stood_still) as timeout:
+            self.timeouts.add(timeout)
+            try:
+                yield timeout
+            finally:
+                self.timeouts.discard(timeout)
+
+
 class _Timeline:
     """One probe's clock: when each phase began, which deadline holds now, and
     the engine's words for a deadline that passed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, options) -> None:
-        self.loop = loop
-        self.start = loop.time()
+    def __init__(self, clock: _EngineClock, options) -> None:
+        self.clock = clock
+        self.start = clock.now()
         connect, handshake = options.phase_timeouts()
         self.total_at = self.start + options.timeout
         self.connect_at = min(self.total_at, self.start + connect)
         self.handshake_timeout = handshake
         self.resolved = self.connected = self.tls_start = self.established = None
         self.phase = "lookup"
+        self.peer: _PeerCertificates | None = None  # once a TLS handshake ended
 
     def saw(self, conn: PureConnection) -> None:
         """Notes the moment the connection's state shows it connected."""
         if self.connected is None and conn.state in ("handshaking", "established"):
-            self.connected = self.loop.time()
+            self.connected = self.clock.now()
             self.phase = "dialogue"
             if conn.state == "handshaking" or conn.is_tls:  # a fast peer: done in one step
                 self.tls_start, self.phase = self.connected, "handshake"
@@ -68,7 +116,7 @@ class _Timeline:
 
     async def within(self, awaitable):
         try:
-            async with asyncio.timeout_at(self.deadline()):
+            async with self.clock.timeout_at(self.deadline()):
                 return await awaitable
         except TimeoutError as exc:
             if isinstance(exc, _e.StreamSocketError):
@@ -82,7 +130,7 @@ class _Timeline:
         def span(a, b):
             return (b - a) * 1000 if a is not None and b is not None else _NO_TIME
         return (span(self.start, self.resolved), span(self.resolved, self.connected),
-                span(self.tls_start, self.established), (self.loop.time() - self.start) * 1000)
+                span(self.tls_start, self.established), (self.clock.now() - self.start) * 1000)
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: int) -> None:
@@ -99,10 +147,26 @@ async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: in
         remove(fd)
 
 
-def _record(index: int, exc: _e.StreamSocketError, times: tuple) -> tuple:
+def _record(index: int, exc: _e.StreamSocketError, times: tuple, peer: _PeerCertificates | None = None) -> tuple:
     """A failed probe's record, laid out as the C engine's (see _native.engine.Engine.take)."""
-    return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, getattr(exc, "verify_result", 0),
-            str(exc), "", "", "", "", "", False, *times, b"", [])
+    certs, (verify_result, reason, name_matched), _ = peer if peer is not None else ([], (None, None, None), b"")
+    return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, verify_result,
+            str(exc), "", "", "", "", "", False, *times, b"", certs, name_matched, reason,
+            peer[2] if peer is not None else b"")
+
+
+_PeerCertificates = tuple  # (list of Certificate, (verify result, its words, name matched), ServerHello body)
+
+
+def _peer_certificates(conn: PureConnection, chain: bool) -> _PeerCertificates:
+    """What a TLS connection's peer sent, and how far it would be trusted."""
+    certs = []
+    for der in conn.peer_certs(chain):
+        try:
+            certs.append(Certificate(der))
+        except ValueError:
+            break  # one the DER reader rejects ends the chain here, as a full arena does natively
+    return certs, conn.trust(), conn.server_hello
 
 
 class Engine:
@@ -119,6 +183,7 @@ class Engine:
         self.cond = threading.Condition()
         self.tokens = 1.0
         self.loop = asyncio.new_event_loop()
+        self.clock = _EngineClock(self.loop)
         self.tokens_at = self.loop.time()
         self.pump_later: asyncio.TimerHandle | None = None
         self.pump_next_turn = False  # a _pump is scheduled for the loop's next turn
@@ -142,7 +207,11 @@ class Engine:
         """Finished probes, waiting up to ``timeout_ms`` for the first."""
         if self.thread is None:
             if not self.results:
-                self.loop.run_until_complete(self._until_results(timeout_ms / 1000))
+                self.clock.resume()
+                try:
+                    self.loop.run_until_complete(self._until_results(timeout_ms / 1000))
+                finally:
+                    self.clock.stop()
         else:
             with self.cond:
                 self.cond.wait_for(lambda: self.results, timeout_ms / 1000)
@@ -271,7 +340,7 @@ class Engine:
     # -- one probe ---------------------------------------------------------------------------------
 
     async def _probe(self, index: int, a: Address, tls, starttls_tls) -> tuple:
-        clock = _Timeline(self.loop, self.options)
+        clock = _Timeline(self.clock, self.options)
         conn = None
         try:
             try:
@@ -279,15 +348,16 @@ class Engine:
                 greeting = b""
                 if starttls_tls is not None:
                     greeting = await self._starttls(clock, conn, a, starttls_tls)
-                clock.established = self.loop.time()
+                clock.established = self.clock.now()
             except _e.StreamSocketError as exc:
-                return _record(index, exc, clock.times())
+                return _record(index, exc, clock.times(), clock.peer)
             banner = await self._after(clock, conn, a, tls or starttls_tls, greeting[: self.options.banner])
             info = conn.tls_info() if conn.is_tls else {}
-            ders = conn.peer_certs(self.options.capture_chain) if conn.is_tls else []
-            return (index, True, _e.OK, 0, 0, "", conn.name(True), info.get("protocol", ""),
+            certs, (verify_result, reason, name_matched), server_hello = clock.peer or ([], (None, None, None), b"")
+            return (index, True, _e.OK, 0, verify_result, "", conn.name(True), info.get("protocol", ""),
                     info.get("cipher_name", ""), info.get("group") or "", info.get("alpn_protocol") or "",
-                    bool(info.get("session_reused")), *clock.times(), banner, ders)
+                    bool(info.get("session_reused")), *clock.times(), banner, certs, name_matched, reason,
+                    server_hello)
         finally:
             if conn is not None:
                 conn.close()
@@ -298,12 +368,16 @@ class Engine:
     async def _drive(self, clock: _Timeline, conn: PureConnection) -> None:
         """Steps the connection (connect, TLS handshake) to done within the
         deadlines, then checks the pins before any payload goes out."""
-        while True:
-            rc = conn.step(None)
-            clock.saw(conn)
-            if rc == DONE:
-                break
-            await clock.within(_ready(self.loop, conn, rc))
+        try:
+            while True:
+                rc = conn.step(None)
+                clock.saw(conn)
+                if rc == DONE:
+                    break
+                await clock.within(_ready(self.loop, conn, rc))
+        finally:
+            if conn.is_tls:  # after the handshake, or its failure: what the peer sent
+                clock.peer = _peer_certificates(conn, self.options.capture_chain)
         if self.pins and conn.is_tls:
             ders = conn.peer_certs(False)
             if not ders or not fingerprint_matches(ders[0], self.pins):
@@ -314,7 +388,7 @@ class Engine:
         hosts = [a.host]
         if a.host is not None and ip_literal(a.host) is None:
             hosts = await clock.within(resolve(self.loop, a, None))
-        clock.resolved = self.loop.time()
+        clock.resolved = self.clock.now()
         clock.phase = "connect"
         session = self.sessions.get(self._session_key(tls, a)) if tls is not None and self.options.resume else None
         last: BaseException | None = None
@@ -323,10 +397,11 @@ class Engine:
             target = a if host == a.host else Address(Transport.TCP, host, a.port)
             conn = open_client(target, ctx, tls if target is a else None)
             conn.offer_session = session
+            conn.capture_hello = True
             try:
                 await self._drive(clock, conn)
                 if tls is not None and not conn.is_tls:
-                    clock.tls_start, clock.phase = self.loop.time(), "handshake"
+                    clock.tls_start, clock.phase = self.clock.now(), "handshake"
                     conn.offer_session = session
                     conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
                     await self._drive(clock, conn)
@@ -370,7 +445,7 @@ class Engine:
             if not data:
                 raise dialogue.eof()
             dialogue.feed(data)
-        clock.tls_start, clock.phase = self.loop.time(), "handshake"
+        clock.tls_start, clock.phase = self.clock.now(), "handshake"
         conn.offer_session = self.sessions.get(self._session_key(tls, a)) if self.options.resume else None
         conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
         await self._drive(clock, conn)
@@ -395,7 +470,7 @@ class Engine:
         """Payload, banner and session ticket: whatever comes before the deadline, an error or EOF."""
         options = self.options
         try:
-            async with asyncio.timeout_at(clock.total_at):
+            async with self.clock.timeout_at(clock.total_at):
                 if options.payload:
                     await self._write(conn, options.payload)
                 if not options.starttls or options.payload:
@@ -407,7 +482,7 @@ class Engine:
             if tls is not None and not self._remember(conn, tls, a):
                 # TLS 1.3: the ticket follows the handshake; wait a little longer than a handshake.
                 spent = clock.established - (clock.tls_start or clock.established)
-                async with asyncio.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
+                async with self.clock.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
                     while not self._remember(conn, tls, a):
                         want = conn.read(4096)  # takes in the ticket; data is not wanted any more
                         if want == b"":

@@ -11,6 +11,7 @@ import warnings
 
 from .. import errors as _e
 from ..address import ip_literal
+from .trust import TrustEvaluator
 
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
@@ -21,12 +22,13 @@ class PureTLS:
     """A compiled TLS context of the pure backend: ssl.SSLContext plus the
     options Python's ssl module has no hook for (checked after the handshake)."""
 
-    __slots__ = ("ssl_context", "checked_context", "settings", "sni")
+    __slots__ = ("ssl_context", "checked_context", "settings", "sni", "_trust")
 
     def __init__(self, settings) -> None:
         self.settings = settings
         self.sni: list[tuple[str, ssl.SSLContext]] = []
         self.checked_context = None
+        self._trust: TrustEvaluator | None = None
         try:
             self.ssl_context = self._build(settings, settings.local_cert, settings.local_pk)
             if not settings.server and settings.verify_peer and not settings.allow_self_signed:
@@ -84,6 +86,13 @@ class PureTLS:
             except (ssl.SSLError, OSError) as exc:
                 raise ValueError(f"Failed reading DH params from `{s.dh_param}': {ssl_reason(exc)}") from None
         return ctx
+
+    @property
+    def trust(self) -> TrustEvaluator:
+        """Verifies chains against this context's CA store when the handshake did not."""
+        if self._trust is None:
+            self._trust = TrustEvaluator(self.settings)
+        return self._trust
 
     def _pick_certificate(self, ssl_object, server_name, _ctx):
         ssl_object.streamsock_sni = server_name
