@@ -45,7 +45,7 @@ def _cpu() -> float:
 def plain_child(port: int, cafile: str, count: int, records: bool) -> dict:
     """In a child process: a warm-up, then ``count`` handshakes timed."""
     ctx = streamsock.Context(ssl={"cafile": cafile, "peer_name": "localhost"})
-    from streamsock.cli_probe import _json_line
+    from streamsock.cli.probe import _json_line
 
     def run(n: int) -> int:
         ok = 0

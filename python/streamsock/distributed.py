@@ -163,7 +163,7 @@ def probe_shard(spec: dict, index: int, shards: int) -> ShardReport:
     """Shard ``index`` of ``shards`` of the probe ``spec`` describes, in this
     process: its records appended to its file, once each, however often it runs."""
     from . import _backend
-    from .cli_probe import _json_line
+    from .cli.probe import _json_line
     from .resume import RecordedTargets
 
     started, cpu_before = time.monotonic(), _cpu_seconds()
@@ -199,13 +199,13 @@ def probe_shard(spec: dict, index: int, shards: int) -> ShardReport:
 
 
 def _targets(spec: dict, backend) -> Iterator:
-    from .cli import read_lines
+    from .cli.main import read_lines
 
     lines = (read_lines(open(path, encoding="utf-8", errors="surrogateescape"), comments=True)
              for path in spec["files"])
     targets: Iterable = itertools.chain(spec["targets"], itertools.chain.from_iterable(lines))
     if spec["scheme"] or spec["port"]:
-        from .cli_probe import _defaults_applier
+        from .cli.probe import _defaults_applier
 
         targets = map(_defaults_applier(backend, spec["scheme"], spec["port"]), targets)
     return iter(targets)
@@ -241,7 +241,7 @@ def read_records(output_dir: str | os.PathLike) -> Iterator[dict]:
 def run_cli(args) -> int:
     """``streamsock probe --cluster ADDR [--shards N] -o DIR``: a line per shard as
     it ends, then a summary, on stderr; the records in DIR."""
-    from .cli import UsageError, tls_client_context
+    from .cli.main import UsageError, tls_client_context
 
     for given, option in ((args.shard, "--shard"), (args.resume, "--resume")):
         if given is not None:

@@ -11,13 +11,13 @@ import sys
 import tempfile
 from contextlib import ExitStack
 
-from . import aio
-from .address import Address
-from .certificate import Certificate
-from .cli import ECHO_IDLE_TIMEOUT, StdinFd, UsageError, backend_for, relay, say
-from .context import Context
-from .errors import StreamSocketError
-from .stream import SERVER_BIND, SERVER_LISTEN, Server, Stream, select
+from .. import aio
+from ..address import Address
+from ..certificate import Certificate
+from .main import ECHO_IDLE_TIMEOUT, StdinFd, UsageError, backend_for, relay, say
+from ..context import Context
+from ..errors import StreamSocketError
+from ..stream import SERVER_BIND, SERVER_LISTEN, Server, Stream, select
 
 _HANDSHAKE_TIMEOUT = 10.0  # a client that stalls its TLS handshake is dropped after this long
 _CHUNK = 65536

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .address import Transport
-from .cli import UsageError, backend_for, relay, say, tls_client_context
-from .stream import Stream
+from ..address import Transport
+from .main import UsageError, backend_for, relay, say, tls_client_context
+from ..stream import Stream
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _upgrade(stream: Stream, protocol: str, timeout: float) -> None:
-    from .starttls import negotiate
+    from ..starttls import negotiate
 
     stream.set_timeout(timeout)  # the dialogue and the handshake share the connect deadline's length
     greeting = negotiate(stream, protocol)

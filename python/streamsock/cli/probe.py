@@ -22,11 +22,11 @@ import sys
 import time
 from typing import IO, Callable, Iterator
 
-from .address import Address, Transport
-from .cli import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
-from .errors import AddressError
-from .probe import ProbeResult, certificate_record
-from .resume import ResumeError
+from ..address import Address, Transport
+from .main import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
+from ..errors import AddressError
+from ..probe import ProbeResult, certificate_record
+from ..resume import ResumeError
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
 _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
@@ -34,7 +34,7 @@ _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
 
 def run(args: argparse.Namespace) -> int:
     if args.cluster:
-        from .distributed import run_cli
+        from ..distributed import run_cli
 
         return run_cli(args)
     files = list(args.file or ())
@@ -92,7 +92,7 @@ def _resume_from(args: argparse.Namespace):
     kill cut short is dropped from FILE first, so the next starts on a line of its own."""
     if args.resume is None:
         return None
-    from .resume import RecordedTargets, drop_cut_record
+    from ..resume import RecordedTargets, drop_cut_record
 
     try:
         recorded = RecordedTargets.read(args.resume)
@@ -208,7 +208,7 @@ def _json_line(result: ProbeResult, with_chain: bool, ja4plus: bool) -> str:
 
 
 def _ja4x(cert) -> str | None:
-    from .ja4plus import ja4x
+    from ..ja4plus import ja4x
 
     try:
         return ja4x(cert.der)

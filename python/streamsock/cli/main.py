@@ -1,7 +1,7 @@
 """The ``streamsock`` command: argument parsing, dispatch, and what the commands share.
 
-Each network command lives in its own module (cli_probe, cli_connect,
-cli_serve), imported only when that command runs.
+Each network command lives in a module of this package (probe, connect,
+serve, demo), imported only when that command runs.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import signal
 import sys
 from typing import IO, Callable, Iterator, Sequence
 
-from . import __version__, _backend
-from .address import Address
-from .context import Context
-from .errors import AddressError
-from .starttls import PROTOCOLS as STARTTLS_PROTOCOLS
-from .stream import SHUT_WR, Stream, select
+from .. import __version__, _backend
+from ..address import Address
+from ..context import Context
+from ..errors import AddressError
+from ..starttls import PROTOCOLS as STARTTLS_PROTOCOLS
+from ..stream import SHUT_WR, Stream, select
 
 
 class UsageError(Exception):
@@ -192,7 +192,7 @@ def _port_number(text: str) -> int:
 
 
 def _shard_spec(text: str) -> tuple[int, int]:
-    from .shard import parse_shard
+    from ..shard import parse_shard
 
     try:
         return parse_shard(text)
@@ -201,7 +201,7 @@ def _shard_spec(text: str) -> tuple[int, int]:
 
 
 def _seed(text: str) -> int:
-    from .shard import checked_seed
+    from ..shard import checked_seed
 
     try:
         return checked_seed(int(text, 0))
@@ -362,7 +362,7 @@ def _add_probe_parser(sub) -> None:
     p.add_argument("--min-tls", choices=tuple(_TLS_VERSIONS), help="the oldest TLS version to offer")
     p.add_argument("--max-tls", choices=tuple(_TLS_VERSIONS), help="the newest TLS version to offer")
     _add_backend_option(p, "backend to probe with")
-    p.set_defaults(func=_command_module("cli_probe"))
+    p.set_defaults(func=_command_module("probe"))
 
 
 def _add_connect_parser(sub) -> None:
@@ -385,7 +385,7 @@ def _add_connect_parser(sub) -> None:
     p.add_argument("--idle-timeout", type=positive_float, metavar="S",
                    help="close the connection after S seconds with nothing sent or received (default: never)")
     _add_backend_option(p, "backend to connect with")
-    p.set_defaults(func=_command_module("cli_connect"))
+    p.set_defaults(func=_command_module("connect"))
 
 
 def _add_serve_parser(sub) -> None:
@@ -415,7 +415,7 @@ def _add_serve_parser(sub) -> None:
                    help="the listen backlog: connections the system queues before they are accepted "
                    "(default 511, as nginx; the library's default is PHP's 32)")
     _add_backend_option(p, "backend to serve with")
-    p.set_defaults(func=_command_module("cli_serve"))
+    p.set_defaults(func=_command_module("serve"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,11 +15,11 @@ import time
 from contextlib import ExitStack
 from typing import Callable, TextIO
 
-from . import _backend
-from . import errors as _e
-from .certificate import Certificate
-from .context import Context
-from .stream import select
+from .. import _backend
+from .. import errors as _e
+from ..certificate import Certificate
+from ..context import Context
+from ..stream import select
 
 _SMTP_GREETING = b"220 demo.local ESMTP streamsock demo\r\n"
 
