@@ -12,13 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import distributed
 import pytest
 
 import streamsock.distributed as ssd
-from peers import refused_port
+from peers import _wait_until, refused_port
 from streamsock.shard import shard_of
 
 CLI = [sys.executable, "-m", "streamsock"]
@@ -26,11 +25,12 @@ DEADLINE = 90.0  # a cluster's start, its tasks and its end
 
 
 def wait_until(condition, what: str, deadline: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        assert process is None or process.poll() is None, f"{what}: the process ended first"
-        assert time.monotonic() < end, f"no {what} within {deadline} s"
-        time.sleep(0.02)
+    """Until ``condition()`` holds; ``process``, if given, must not end first."""
+    def ended() -> bool:
+        return process is not None and process.poll() is not None
+
+    assert _wait_until(lambda: condition() or ended(), deadline, 0.02), f"no {what} within {deadline} s"
+    assert condition(), f"{what}: the process ended first"
 
 
 @contextlib.contextmanager

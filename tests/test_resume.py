@@ -9,11 +9,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from peers import SilentServer, refused_port
+from peers import SilentServer, _wait_until, refused_port
 from streamsock.resume import RecordedTargets, ResumeError
 
 CLI = [sys.executable, "-m", "streamsock"]
@@ -30,11 +29,11 @@ def records(path) -> list[dict]:
 
 def wait_for_records(path, count: int, proc: subprocess.Popen) -> None:
     """Until ``path`` holds ``count`` whole records (the run is past that point)."""
-    deadline = time.monotonic() + DEADLINE
-    while not path.exists() or path.read_bytes().count(b"\n") < count:
-        assert proc.poll() is None, "the probe ended before it was killed"
-        assert time.monotonic() < deadline, "the probe wrote too few records"
-        time.sleep(0.01)
+    def written() -> bool:
+        return path.exists() and path.read_bytes().count(b"\n") >= count
+
+    assert _wait_until(lambda: written() or proc.poll() is not None, DEADLINE), "the probe wrote too few records"
+    assert written(), "the probe ended before it was killed"
 
 
 def test_a_run_killed_halfway_and_resumed_records_every_target_once(backend, tmp_path):

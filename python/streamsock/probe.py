@@ -25,7 +25,7 @@ from ._deadline import checked_seconds
 from ._prefetch import END, Prefetch
 from .address import Address, Transport, ip_literal, split_host_port
 from .certificate import Certificate
-from .fingerprint import ja3s, parse_server_hello
+from .fingerprint import ServerHello, ja3s, parse_server_hello
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 from .shard import Selection
 from .starttls import PROTOCOLS
@@ -87,7 +87,7 @@ class ProbeResult:
     @property
     def ja3s(self) -> str | None:
         """JA3S of the ServerHello (None without one)."""
-        hello = parse_server_hello(self.server_hello) if self.server_hello else None
+        hello = self._hello()
         return ja3s(hello) if hello is not None else None
 
     @property
@@ -95,15 +95,16 @@ class ProbeResult:
         """JA4S of the ServerHello: a JA4+ fingerprint (FoxIO License 1.1, see streamsock.ja4plus)."""
         from .ja4plus import ja4s
 
-        hello = parse_server_hello(self.server_hello) if self.server_hello else None
+        hello = self._hello()
         return ja4s(hello) if hello is not None else None
 
     @property
     def ja4x(self) -> str | None:
         """JA4X of the leaf certificate: a JA4+ fingerprint (FoxIO License 1.1, see streamsock.ja4plus)."""
-        from .ja4plus import ja4x
+        return ja4x_of(self.certificate)
 
-        return _ja4x_or_none(ja4x, self.certificate)
+    def _hello(self) -> ServerHello | None:
+        return parse_server_hello(self.server_hello) if self.server_hello else None
 
     @property
     def trusted(self) -> bool | None:
@@ -143,12 +144,15 @@ class ProbeResult:
         } | ({"ja4s": self.ja4s, "ja4x": self.ja4x} if ja4plus else {})
 
 
-def _ja4x_or_none(ja4x, cert: Certificate | None) -> str | None:
+def ja4x_of(cert: Certificate | None) -> str | None:
+    """JA4X of ``cert`` (JA4+, FoxIO License 1.1); None without one, or for one the DER reader cannot walk."""
+    from .ja4plus import ja4x
+
     if cert is None:
         return None
     try:
         return ja4x(cert.der)
-    except ValueError:  # a certificate the DER reader cannot walk
+    except ValueError:
         return None
 
 

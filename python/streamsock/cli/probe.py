@@ -25,7 +25,7 @@ from typing import IO, Callable, Iterator
 from ..address import Address, Transport
 from .main import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
 from ..errors import AddressError
-from ..probe import ProbeResult, certificate_record
+from ..probe import ProbeResult, certificate_record, ja4x_of
 from ..resume import ResumeError
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
@@ -202,18 +202,9 @@ def _json_line(result: ProbeResult, with_chain: bool, ja4plus: bool) -> str:
     record = result.to_dict(ja4plus)
     if with_chain:
         record["chain"] = [{**certificate_record(cert, result.finished_at),
-                            **({"ja4x": _ja4x(cert)} if ja4plus else {}),
+                            **({"ja4x": ja4x_of(cert)} if ja4plus else {}),
                             "der": base64.b64encode(cert.der).decode("ascii")} for cert in result.chain]
     return json.dumps(record) + "\n"
-
-
-def _ja4x(cert) -> str | None:
-    from ..ja4plus import ja4x
-
-    try:
-        return ja4x(cert.der)
-    except ValueError:
-        return None
 
 
 def _human_line(result: ProbeResult, with_chain: bool) -> str:
