@@ -1,6 +1,8 @@
-"""Types the layers share: aliases, and the dictionaries streams report."""
+"""Types the layers share: aliases, and the dictionaries streams report.
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: TypedDict needs real
+annotations at run time to know which keys are NotRequired.)
+"""
 
 from typing import TYPE_CHECKING, NotRequired, TypeAlias, TypedDict
 
@@ -10,10 +12,10 @@ if TYPE_CHECKING:
 __all__ = ["BytesLike", "CryptoInfo", "EngineRecord", "ErrorRecord", "StreamMeta", "TLSInfo"]
 
 #: What a write accepts: any contiguous bytes-like object (collections.abc.Buffer from 3.12).
-BytesLike: TypeAlias = "bytes | bytearray | memoryview"
+BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 #: An error as (code, errno, message): the C core's ss_error_info_t, and the pure backend's equivalent.
-ErrorRecord: TypeAlias = "tuple[int, int, str]"
+ErrorRecord: TypeAlias = tuple[int, int, str]
 
 #: One finished probe as a backend's engine reports it (``Engine.take``): index, ok, error code,
 #: errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused, resolve_ms,
