@@ -14,20 +14,28 @@ follows the connections in flight, not the input.
 from __future__ import annotations
 
 import collections
+import enum
 import threading
-from typing import Iterator
+from typing import Generic, Iterator, Literal, TypeVar
 
-END = object()  # take(): the input is exhausted
+T = TypeVar("T")
+
+
+class _End(enum.Enum):
+    END = "the input is exhausted"
+
+
+END = _End.END  # take(): the input is exhausted
 CLOSE_WAIT = 0.2  # seconds close() waits for the reader to stop
 
 
-class Prefetch:
+class Prefetch(Generic[T]):
     """``items`` pulled on a daemon thread into a buffer of at most ``size``."""
 
-    def __init__(self, items: Iterator, size: int) -> None:
+    def __init__(self, items: Iterator[T], size: int) -> None:
         self._items = items
         self._size = size
-        self._buffer: collections.deque = collections.deque()
+        self._buffer: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
         self._done = False
@@ -52,7 +60,7 @@ class Prefetch:
                 self._done = True
                 self._cond.notify_all()
 
-    def take(self, most: int, wait: float = 0.0) -> list | object:
+    def take(self, most: int, wait: float = 0.0) -> list[T] | Literal[_End.END]:
         """Up to ``most`` items (waiting at most ``wait`` seconds for the first),
         ``[]`` when none has arrived, or END once everything has been taken."""
         with self._cond:

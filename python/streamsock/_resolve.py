@@ -11,7 +11,8 @@ from . import errors as _e
 from .address import Address
 
 
-async def resolve(loop: asyncio.AbstractEventLoop, address: Address, context_words) -> list[str]:
+async def resolve(loop: asyncio.AbstractEventLoop, address: Address,
+                  context_words: str | tuple[str, object] | None) -> list[str]:
     """The numeric hosts of ``address.host``, in getaddrinfo's order, looked up
     without blocking the loop."""
     stype = socket.SOCK_DGRAM if address.transport.datagram else socket.SOCK_STREAM
@@ -30,8 +31,9 @@ async def resolve(loop: asyncio.AbstractEventLoop, address: Address, context_wor
         raise _e.error(_e.RESOLVE, f"getaddrinfo for {host} failed: {exc}", context=context_words) from None
     hosts: list[str] = []
     for _family, _type, _proto, _name, sockaddr in infos:
-        if sockaddr[0] not in hosts:
-            hosts.append(sockaddr[0])
+        numeric = str(sockaddr[0])  # a str for IP families; typeshed also allows other families
+        if numeric not in hosts:
+            hosts.append(numeric)
     if not hosts:
         raise _e.error(_e.RESOLVE, f"getaddrinfo for {host} failed: no addresses", context=context_words)
     return hosts

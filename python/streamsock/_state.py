@@ -14,11 +14,16 @@ copy on the common path), and a ``bytearray`` for what a read leaves over.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import errors as _e
+from ._types import CryptoInfo, StreamMeta, TLSInfo
 from .address import Address, Transport
+from .certificate import Certificate
 from .context import Context
+
+if TYPE_CHECKING:
+    from ._backend import Backend, Connection, ErrorContext
 
 CHUNK = 8192  # PHP reads sockets in 8 KiB chunks
 READ_CAP = 262144  # bytes a driver takes from the connection per call at most, however large the read
@@ -51,9 +56,9 @@ class StreamState:
     __slots__ = ("conn", "backend", "address", "context", "server_side", "head", "rest", "scanned", "eof",
                  "datagram", "timed_out", "ready", "pending_context", "peer_certificate", "peer_certificate_chain", "uri", "generic")
 
-    def __init__(self, conn: Any, backend: Any, address: Address, context: Context, *, server_side: bool = False,
-                 ready: bool = True) -> None:
-        self.conn = conn                  # the backend connection; None once closed
+    def __init__(self, conn: Connection, backend: Backend, address: Address, context: Context, *,
+                 server_side: bool = False, ready: bool = True) -> None:
+        self.conn: Connection | None = conn                 # the backend connection; None once closed
         self.backend = backend
         self.address = address
         self.context = context
@@ -65,13 +70,13 @@ class StreamState:
         self.datagram = address.transport.datagram  # an empty read is an empty datagram, not the end
         self.timed_out = False
         self.ready = ready                # False while a handshake (connect or STARTTLS) owes its checks
-        self.pending_context: Any = ("Unable to connect to", address)
-        self.peer_certificate = None
-        self.peer_certificate_chain = None
-        self.uri = None if server_side else str(address)  # meta["uri"]: what a client stream connected to
+        self.pending_context: ErrorContext = ("Unable to connect to", address)
+        self.peer_certificate: Certificate | None = None
+        self.peer_certificate_chain: list[Certificate] | None = None
+        self.uri: str | None = None if server_side else str(address)  # meta["uri"]: what a client stream connected to
         self.generic = False              # a socket_pair() end: PHP's "generic_socket"
 
-    def live(self) -> Any:
+    def live(self) -> Connection:
         """The connection, or ClosedError."""
         conn = self.conn
         if conn is None:
@@ -171,7 +176,7 @@ class StreamState:
         wants_chain = ssl.get("capture_peer_cert_chain", False)
         if not ("peer_fingerprint" in ssl or ssl.get("capture_peer_cert") or wants_chain):
             return  # the common case, decided without a call into the connection
-        conn = self.conn
+        conn = self.live()
         if not conn.is_tls:
             return
         from .certificate import fingerprint_matches
@@ -194,14 +199,14 @@ class StreamState:
     def note_verify_failure(self, exc: BaseException) -> None:
         """A CertificateVerifyError keeps the certificate that failed (PHP keeps
         capture_peer_cert then too), as its ``peer_certificate``."""
-        if not isinstance(exc, _e.CertificateVerifyError) or getattr(exc, "peer_certificate", None) is not None:
+        if not isinstance(exc, _e.CertificateVerifyError) or exc.peer_certificate is not None:
             return
         conn = self.conn
         ders = conn.peer_certs(False) if conn is not None and conn.is_tls else []
         try:
-            exc.peer_certificate = self.backend.certificate(ders[0]) if ders else None  # type: ignore[attr-defined]
+            exc.peer_certificate = self.backend.certificate(ders[0]) if ders else None
         except ValueError:
-            exc.peer_certificate = None  # type: ignore[attr-defined]
+            exc.peer_certificate = None
 
     def begin_crypto_change(self, enable: bool, method: int | None, session_from: "StreamState | None") -> None:
         """enable_crypto's checks, then the change started on the connection: a
@@ -238,27 +243,28 @@ class StreamState:
 
     # -- what the stream reports ----------------------------------------------------------------
 
-    def crypto(self) -> dict[str, Any] | None:
+    def crypto(self) -> CryptoInfo | None:
         """The negotiated TLS parameters, or None on a plaintext stream."""
         conn = self.conn
         if conn is None or not conn.is_tls or conn.state != "established":
             return None
         info = conn.tls_info()
-        crypto = {k: info[k] for k in ("protocol", "cipher_name", "cipher_bits", "cipher_version")}
+        crypto = CryptoInfo(protocol=info["protocol"], cipher_name=info["cipher_name"], cipher_bits=info["cipher_bits"],
+                            cipher_version=info["cipher_version"])
         if info["alpn_protocol"]:
             crypto["alpn_protocol"] = info["alpn_protocol"]
         return crypto
 
-    def tls_info(self) -> dict[str, Any] | None:
+    def tls_info(self) -> TLSInfo | None:
         conn = self.conn
         if conn is None or not conn.is_tls:
             return None
         return conn.tls_info()
 
-    def meta(self, blocking: bool) -> dict[str, Any]:
+    def meta(self, blocking: bool) -> StreamMeta:
         """PHP's stream_get_meta_data."""
         unread = self.buffered()
-        meta: dict[str, Any] = {
+        meta: StreamMeta = {
             "timed_out": self.timed_out,
             "blocked": blocking,
             "eof": self.eof and not unread,
@@ -330,21 +336,21 @@ class StateViews:
         return self._st.name(True)
 
     @property
-    def crypto(self) -> dict[str, Any] | None:
+    def crypto(self) -> CryptoInfo | None:
         """The negotiated TLS parameters, or None on a plaintext stream."""
         return self._st.crypto()
 
     @property
-    def tls_info(self) -> dict[str, Any] | None:
+    def tls_info(self) -> TLSInfo | None:
         """Everything known of the TLS session (key-exchange group, SNI, reuse) or None."""
         return self._st.tls_info()
 
     @property
-    def peer_certificate(self) -> Any:
+    def peer_certificate(self) -> Certificate | None:
         """The peer's Certificate when the context had capture_peer_cert."""
         return self._st.peer_certificate
 
     @property
-    def peer_certificate_chain(self) -> Any:
+    def peer_certificate_chain(self) -> list[Certificate] | None:
         """The peer's certificates, leaf first, when capture_peer_cert_chain was set."""
         return self._st.peer_certificate_chain

@@ -14,7 +14,7 @@ import re
 import socket
 from operator import itemgetter
 from collections.abc import Sequence
-from typing import Callable, Iterable
+from typing import Callable, Iterable, overload
 
 from . import errors as _e
 
@@ -81,7 +81,7 @@ TRANSPORT_CODE = {t: code for code, t in enumerate(TRANSPORT_BY_CODE) if t is no
 _new = tuple.__new__
 
 
-class Address(tuple):
+class Address(tuple[Transport, "str | None", "int | None", "str | None"]):
     """A parsed transport address: immutable, hashable, a 4-tuple
     ``(transport, host, port, path)`` like :func:`urllib.parse.urlsplit`'s result.
 
@@ -150,8 +150,8 @@ class Address(tuple):
             return f"Address(transport={t.value!r}, path={path!r})"
         return f"Address(transport={t.value!r}, host={host!r}, port={port!r})"
 
-    def __getnewargs__(self):
-        return tuple(self)
+    def __getnewargs__(self) -> tuple[Transport, str | None, int | None, str | None]:
+        return (self[0], self[1], self[2], self[3])  # pickled as the fields Address() takes
 
 
 def format_address(transport: str, host: str | None, port: int | None, path: str | None) -> str:
@@ -382,7 +382,7 @@ def check_errors_arg(errors: str) -> None:
         raise ValueError(f'errors must be "raise" or "return", not {errors!r}')
 
 
-class AddressBatch(Sequence):
+class AddressBatch(Sequence["Address | _e.AddressError"]):
     """Many addresses parsed at once (see :func:`streamsock.parse_batch`).
 
     Item ``i`` is the :class:`Address` of input ``i``, or the
@@ -397,15 +397,20 @@ class AddressBatch(Sequence):
     def failed(self) -> int:
         raise NotImplementedError
 
-    def _item(self, index: int):
+    def _item(self, index: int) -> Address | _e.AddressError:
         raise NotImplementedError
 
-    def addresses(self, errors: str = "raise") -> list:
+    def addresses(self, errors: str = "raise") -> list[Address | _e.AddressError]:
         """Every item as a list: ``errors="raise"`` raises the first error (its
         ``index`` attribute says which input), ``"return"`` keeps it in place."""
         raise NotImplementedError
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> Address | _e.AddressError: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Address | _e.AddressError]: ...
+
+    def __getitem__(self, index: int | slice) -> Address | _e.AddressError | list[Address | _e.AddressError]:
         if isinstance(index, slice):
             return [self._item(i) for i in range(*index.indices(len(self)))]
         n = len(self)
@@ -441,21 +446,21 @@ class PureAddressBatch(AddressBatch):
     def failed(self) -> int:
         return self._failed
 
-    def _item(self, index: int):
+    def _item(self, index: int) -> Address | _e.AddressError:
         return self._items[index]
 
-    def addresses(self, errors: str = "raise") -> list:
+    def addresses(self, errors: str = "raise") -> list[Address | _e.AddressError]:
         check_errors_arg(errors)
         if errors == "raise" and self._failed:
             for index, item in enumerate(self._items):
-                if type(item) is not Address:
+                if isinstance(item, _e.AddressError):
                     item.index = index
                     raise item
         return list(self._items)
 
 
-def _parse_each(parse: Callable[[str], Address], texts: Iterable[str], errors: str) -> list:
-    out: list = []
+def _parse_each(parse: Callable[[str], Address], texts: Iterable[str], errors: str) -> list[Address | _e.AddressError]:
+    out: list[Address | _e.AddressError] = []
     append = out.append
     for text in texts:
         try:
@@ -468,7 +473,7 @@ def _parse_each(parse: Callable[[str], Address], texts: Iterable[str], errors: s
     return out
 
 
-def parse_many_pure(texts: Iterable[str], errors: str = "raise") -> list:
+def parse_many_pure(texts: Iterable[str], errors: str = "raise") -> list[Address | _e.AddressError]:
     """``parse_many`` of the pure-Python backend."""
     check_errors_arg(errors)
     return _parse_each(parse_pure, texts, errors)

@@ -15,10 +15,13 @@ import os
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import errors as _e
 from .address import Address, Transport, parse_pure
+
+if TYPE_CHECKING:
+    from ._backend import Backend
 
 # PHP's STREAM_CRYPTO_METHOD_* (bit 0: client; then one bit per version) ...
 CRYPTO_METHOD_SSLv2_CLIENT = 3
@@ -157,7 +160,8 @@ _SOCKET_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _check(kind: str, given: Mapping[str, Any] | None, schema: dict) -> dict[str, Any]:
+def _check(kind: str, given: Mapping[str, Any] | None,
+           schema: dict[str, tuple[Callable[[Any], bool], str]]) -> dict[str, Any]:
     if given is None:
         return {}
     if not isinstance(given, Mapping):
@@ -338,11 +342,11 @@ class Context:
 
     @property
     def verify_peer_name(self) -> bool:
-        return self._ssl.get("verify_peer_name", True)
+        return bool(self._ssl.get("verify_peer_name", True))
 
     @property
     def sni_enabled(self) -> bool:
-        return self._ssl.get("SNI_enabled", True)
+        return bool(self._ssl.get("SNI_enabled", True))
 
     def bindto(self, local: bool = False) -> tuple[str | None, int]:
         """socket option ``bindto`` ("ip:port", "0:7000", "[::1]:0") as (host or
@@ -372,7 +376,7 @@ def _opt_path(value: Any) -> str | None:
 DEFAULT_CONTEXT = Context()
 
 
-def check_transport_available(address: Address, backend) -> None:
+def check_transport_available(address: Address, backend: Backend) -> None:
     """sslv2:// and sslv3:// (and any pinned version the OpenSSL lacks) fail clearly."""
     if address.transport.value not in backend.available_transports():
         text = str(address)
@@ -386,7 +390,7 @@ def check_transport_available(address: Address, backend) -> None:
         )
 
 
-def check_version_range(settings: TLSSettings, backend) -> TLSSettings:
+def check_version_range(settings: TLSSettings, backend: Backend) -> TLSSettings:
     """Clamp a range to the versions the OpenSSL has; a range with none left is an error."""
     available = backend.available_transports()
     usable = [v for v in sorted(VERSION_NAMES) if _VERSION_TRANSPORT[v].value in available]

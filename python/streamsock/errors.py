@@ -9,6 +9,10 @@ from the builtin exception users already catch: :class:`AddressError` is a
 from __future__ import annotations
 
 import builtins
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .certificate import Certificate
 
 __all__ = [
     "StreamSocketError",
@@ -16,6 +20,7 @@ __all__ = [
     "UnsupportedTransportError",
     "ConnectError",
     "TimeoutError",
+    "WouldBlockError",
     "TLSError",
     "CertificateVerifyError",
     "ERROR_CODES",
@@ -32,16 +37,19 @@ class StreamSocketError(OSError):
     (``"SS_ERR_ADDR_PORT_RANGE"``), stable across releases.
     """
 
+    #: OpenSSL's verify result when a TLS error carries one (0 otherwise).
+    verify_result: int = 0
+
     def __init__(self, errno: int, errstr: str, *, code: str | None = None) -> None:
         super().__init__(errno, errstr)
         self.code = code
 
     @property
     def errstr(self) -> str:
-        return self.strerror
+        return self.strerror or ""
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.strerror or ""
 
 
 class AddressError(StreamSocketError, ValueError):
@@ -59,14 +67,15 @@ class AddressError(StreamSocketError, ValueError):
         self.reason = reason
         self.index: int | None = None  # set by parse_many: which input failed
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild_address_error,
             (type(self), self.strerror, self.code, self.address, self.offset, self.length, self.reason),
         )
 
 
-def _rebuild_address_error(cls, errstr, code, address, offset, length, reason):
+def _rebuild_address_error(cls: type[AddressError], errstr: str, code: str, address: str, offset: int, length: int,
+                           reason: str) -> AddressError:
     return cls(errstr, code=code, address=address, offset=offset, length=length, reason=reason)
 
 
@@ -80,7 +89,17 @@ class ConnectError(StreamSocketError):
 
 
 class TimeoutError(StreamSocketError, builtins.TimeoutError):  # noqa: A001 - PHP's name, builtin's base
-    """A deadline passed (``errno`` 110, ``ETIMEDOUT``)."""
+    """A deadline passed (``errno`` 110, ``ETIMEDOUT``). After a blocking
+    write, ``written`` says how many bytes went before it (None otherwise)."""
+
+    written: int | None = None
+
+
+class WouldBlockError(StreamSocketError, builtins.BlockingIOError):
+    """A non-blocking stream has nothing to read yet (``errno`` 11,
+    ``EAGAIN``), as a non-blocking socket's ``recv`` raises
+    :class:`BlockingIOError`. ``Stream.read_nowait`` and ``readline_nowait``
+    return None instead."""
 
 
 class TLSError(StreamSocketError):
@@ -92,7 +111,7 @@ class CertificateVerifyError(TLSError):
     the certificate that failed (a :class:`~streamsock.certificate.Certificate`),
     None when none arrived."""
 
-    peer_certificate = None
+    peer_certificate: Certificate | None = None
 
 
 # Codes, as in csrc/streamsock.h's enum ss_error.
@@ -208,7 +227,7 @@ _CLASS_BY_CODE: dict[int, type[StreamSocketError]] = {
 
 
 def from_native(
-    code: int, sys_errno: int, message: str, *, context: str | tuple | None = None, verify_result: int = 0
+    code: int, sys_errno: int, message: str, *, context: str | tuple[str, object] | None = None, verify_result: int = 0
 ) -> StreamSocketError:
     """The exception for an error record (from the C core or the pure backend).
 
@@ -228,11 +247,12 @@ def from_native(
         exc.errno = sys_errno
     else:
         exc = cls(sys_errno, text, code=name)
-    exc.verify_result = verify_result  # type: ignore[attr-defined]
+    exc.verify_result = verify_result
     return exc
 
 
-def error(code: int, message: str | None = None, sys_errno: int = 0, *, context: str | None = None) -> StreamSocketError:
+def error(code: int, message: str | None = None, sys_errno: int = 0, *,
+          context: str | tuple[str, object] | None = None) -> StreamSocketError:
     """An exception for ``code`` raised by Python itself, with the table's message by default."""
     return from_native(code, sys_errno, message or ERROR_CODES[code][1], context=context)
 

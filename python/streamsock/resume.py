@@ -44,7 +44,7 @@ class RecordedTargets:
         self.whole_size = 0             # bytes up to the end of the last whole record
 
     @classmethod
-    def read(cls, path: str | os.PathLike, missing_ok: bool = False) -> RecordedTargets:
+    def read(cls, path: str | os.PathLike[str], missing_ok: bool = False) -> RecordedTargets:
         """The records of ``path``, a probe's JSON-lines or CSV output. A last
         line without its line end (cut short by a kill) does not count."""
         recorded = cls(os.fspath(path))
@@ -138,7 +138,7 @@ class RecordedTargets:
         return f"<RecordedTargets {self._count} from {self.path!r}>"
 
 
-def drop_cut_record(path: str | os.PathLike, recorded: RecordedTargets) -> None:
+def drop_cut_record(path: str | os.PathLike[str], recorded: RecordedTargets) -> None:
     """Cut ``path`` back to its last whole record, so what is appended starts on a line of its own."""
     if recorded.whole_size < os.path.getsize(path):
         os.truncate(path, recorded.whole_size)

@@ -10,7 +10,12 @@ messages, so both backends report a refusal identically.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import errors as _e
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 PROTOCOLS = ("smtp", "imap", "pop3", "ftp")
 
@@ -128,7 +133,7 @@ class Dialogue:
         return True
 
 
-def negotiate(stream, protocol: str) -> bytes:
+def negotiate(stream: Stream, protocol: str) -> bytes:
     """Runs ``protocol``'s STARTTLS dialogue on a connected blocking stream and
     returns the server's greeting; then call ``stream.enable_crypto(True)``."""
     dialogue = Dialogue(protocol)

@@ -14,13 +14,17 @@ import math
 import select as _select
 import socket as _socket
 import threading
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, TypeVar
 
 from . import errors as _e
 from ._deadline import deadline_after, limit_of, time_left
 from ._state import CHUNK, READ_CAP, StateViews, StreamState, check_shutdown_how
+from ._types import BytesLike, StreamMeta
 from .address import Address, Transport
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
+
+if TYPE_CHECKING:
+    from ._backend import Acceptor, Backend, Connection
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 
@@ -71,7 +75,10 @@ class Stream(StateViews):
 
     # -- plumbing -----------------------------------------------------------
 
-    def _enter(self) -> bool:
+    def _enter(self, wait: bool | None = None) -> bool:
+        """Takes the stream for one call and finishes a pending handshake
+        first: False when ``wait`` is false (default: the stream is
+        non-blocking) and the handshake still needs I/O."""
         if not self._lock.acquire(blocking=False):
             raise _e.error(_e.BUSY)
         st = self._st
@@ -80,7 +87,7 @@ class Stream(StateViews):
             raise _e.error(_e.CLOSED)
         if not st.ready:
             try:
-                ready = self._finish_handshake()
+                ready = self._finish_handshake(self._blocking if wait is None else wait)
             except BaseException:
                 self._leave()
                 raise
@@ -103,14 +110,16 @@ class Stream(StateViews):
             return closed
         return exc
 
-    def _finish_handshake(self) -> bool:
-        """Completes a pending async connect or STARTTLS, then runs its checks
-        (fingerprint, capture): True when done."""
+    def _finish_handshake(self, wait: bool) -> bool:
+        """Completes a pending async connect or STARTTLS (waiting for it when
+        ``wait``), then runs its checks (fingerprint, capture): True when done."""
         st = self._st
+        conn = st.conn
+        assert conn is not None  # _enter saw it open; a close from another thread waits for _leave
         try:
-            if self._blocking:
-                st.conn.run(self._timeout, st.pending_context)
-            elif st.conn.step(st.pending_context) != DONE:
+            if wait:
+                conn.run(self._timeout, st.pending_context)
+            elif conn.step(st.pending_context) != DONE:
                 return False
         except _e.CertificateVerifyError as exc:
             st.note_verify_failure(exc)
@@ -118,20 +127,23 @@ class Stream(StateViews):
         st.after_handshake()
         return True
 
-    def _recv(self, size: int) -> bytes | None:
-        """One read from the connection, waiting in blocking mode; None when
-        non-blocking and nothing is there."""
+    def _recv(self, size: int, wait: bool) -> bytes | None:
+        """One read from the connection, waiting when ``wait``; None when not
+        waiting and nothing is there."""
         st = self._st
+        conn = st.conn
+        assert conn is not None  # _enter saw it open; a close from another thread waits for _leave
         try:
-            if self._blocking:
-                data = st.conn.read_wait(size, self._timeout)
+            if wait:
+                data = conn.read_wait(size, self._timeout)
                 if data is None:
                     st.timed_out = True
                     raise _e.error(_e.TIMEOUT, f"read on {st.address} timed out after {self._timeout:g} s", 110)
             else:
-                data = st.conn.read(size)
-                if type(data) is not bytes:
+                got = conn.read(size)
+                if type(got) is not bytes:
                     return None
+                data = got
         except _e.StreamSocketError as exc:
             raise self._closed_under_us(exc) from None
         st.timed_out = False
@@ -139,25 +151,42 @@ class Stream(StateViews):
             raise _e.error(_e.CLOSED, "stream closed by another thread")
         return data
 
+    def _would_block(self, call: str) -> _e.WouldBlockError:
+        return _e.WouldBlockError(11, f"{call} on {self._st.address}: no data yet (the stream is non-blocking; "
+                                      f"{call}_nowait returns None instead)", code="SS_WANT_READ")
+
     # -- reading ------------------------------------------------------------------
 
-    def read(self, size: int = CHUNK) -> bytes | None:
-        """Up to ``size`` bytes; ``b""`` at end of stream; ``None`` when
-        non-blocking and no data is waiting. ``size=-1`` reads to the end of
-        the stream (non-blocking: ``None`` until the end has arrived)."""
-        if not self._enter():
+    def read(self, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes, ``b""`` at end of stream; ``size=-1`` reads to
+        the end of the stream. Waits at most the stream timeout. A
+        non-blocking stream with nothing to read raises
+        :class:`~streamsock.WouldBlockError` (a :class:`BlockingIOError`);
+        :meth:`read_nowait` returns None instead."""
+        data = self._read(size, self._blocking)
+        if data is None:
+            raise self._would_block("read")
+        return data
+
+    def read_nowait(self, size: int = CHUNK) -> bytes | None:
+        """What ``read`` gives, without waiting, in either mode: None when no
+        data is there yet (``size=-1``: until the whole stream has arrived)."""
+        return self._read(size, False)
+
+    def _read(self, size: int, wait: bool) -> bytes | None:
+        if not self._enter(wait):
             return None
         try:
             st = self._st
             if size < 0:
                 while (out := st.all_now()) is None:
-                    data = self._recv(_READ_ALL_CHUNK)
+                    data = self._recv(_READ_ALL_CHUNK, wait)
                     if data is None:
                         return None
                     st.feed(data)
                 return out
             while (out := st.read_now(size)) is None:
-                data = self._recv(CHUNK if size < CHUNK else size if size < READ_CAP else READ_CAP)
+                data = self._recv(CHUNK if size < CHUNK else size if size < READ_CAP else READ_CAP, wait)
                 if data is None:
                     return None
                 st.feed(data)
@@ -165,16 +194,28 @@ class Stream(StateViews):
         finally:
             self._leave()
 
-    def readline(self, limit: int = -1) -> bytes | None:
+    def readline(self, limit: int = -1) -> bytes:
         """One line, its ``b"\\n"`` included (PHP's fgets): at most ``limit``
-        bytes, ``b""`` at end of stream, ``None`` when non-blocking and no
-        whole line has arrived yet."""
-        if not self._enter():
+        bytes, ``b""`` at end of stream. A non-blocking stream without a whole
+        line raises :class:`~streamsock.WouldBlockError`;
+        :meth:`readline_nowait` returns None instead."""
+        line = self._readline(limit, self._blocking)
+        if line is None:
+            raise self._would_block("readline")
+        return line
+
+    def readline_nowait(self, limit: int = -1) -> bytes | None:
+        """What ``readline`` gives, without waiting, in either mode: None until
+        a whole line (or ``limit`` bytes, or the end) has arrived."""
+        return self._readline(limit, False)
+
+    def _readline(self, limit: int, wait: bool) -> bytes | None:
+        if not self._enter(wait):
             return None
         try:
             st = self._st
             while (out := st.line_now(limit)) is None:
-                data = self._recv(CHUNK)
+                data = self._recv(CHUNK, wait)
                 if data is None:
                     return None
                 st.feed(data)
@@ -198,29 +239,32 @@ class Stream(StateViews):
             return 0
         try:
             st = self._st
+            conn = st.conn
+            assert conn is not None  # _enter saw it open; a close from another thread waits for _leave
             try:
                 if not self._blocking:
-                    return max(st.conn.write(data), 0)
+                    return max(conn.write(data), 0)
                 if type(data) is not bytes:
                     data = memoryview(data).cast("B")
-                total = st.conn.write_wait(data, self._timeout)
+                total = conn.write_wait(data, self._timeout)
             except _e.StreamSocketError as exc:
                 raise self._closed_under_us(exc) from None
             if total < len(data):
                 st.timed_out = True
-                exc = _e.error(_e.TIMEOUT, f"write on {st.address} timed out after {self._timeout:g} s", 110)
-                exc.written = total  # type: ignore[attr-defined]
-                raise exc
+                timed_out = _e.error(_e.TIMEOUT, f"write on {st.address} timed out after {self._timeout:g} s", 110)
+                assert isinstance(timed_out, _e.TimeoutError)
+                timed_out.written = total
+                raise timed_out
             return total
         finally:
             self._leave()
 
     # -- recvfrom / sendto -------------------------------------------------------------
 
-    def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, str] | None:
+    def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, str]:
         """PHP's stream_socket_recvfrom on a connected stream: up to ``size``
-        bytes and the peer's name (``b""`` at end of stream; None when
-        non-blocking and nothing is there).
+        bytes and the peer's name (``b""`` at end of stream). A non-blocking
+        stream with nothing there raises :class:`~streamsock.WouldBlockError`.
 
         ``flags=PEEK`` leaves the bytes to be read again: what is buffered,
         else what one read brings (plaintext on TLS, where PHP hands back
@@ -231,7 +275,7 @@ class Stream(StateViews):
             raise ValueError(f"size must be an int greater than 0, not {size!r}")
         check_recv_flags(flags)
         if not self._enter():
-            return None
+            raise self._would_block("recvfrom")
         try:
             st = self._st
             if flags & OOB:
@@ -239,18 +283,20 @@ class Stream(StateViews):
             else:
                 now = st.peek_now if flags & PEEK else st.read_now
                 while (data := now(size)) is None:
-                    more = self._recv(CHUNK if size < CHUNK else size if size < READ_CAP else READ_CAP)
+                    more = self._recv(CHUNK if size < CHUNK else size if size < READ_CAP else READ_CAP, self._blocking)
                     if more is None:
-                        return None
+                        break
                     st.feed(more)
-            return None if data is None else (data, st.conn.name(True))
+            if data is None:
+                raise self._would_block("recvfrom")
+            return data, st.live().name(True)
         finally:
             self._leave()
 
     def _recv_oob(self, size: int) -> bytes | None:
-        conn = self._st.conn
+        conn = self._st.live()
         deadline = deadline_after(self._timeout if self._blocking else 0)
-        while type(data := conn.recv_oob(size)) is not bytes:
+        while not isinstance(data := conn.recv_oob(size), bytes):
             if not self._blocking:
                 return None
             remaining = time_left(deadline)  # urgent data wakes POLLPRI, not POLLIN
@@ -274,7 +320,7 @@ class Stream(StateViews):
         if not self._enter():
             return 0
         try:
-            conn = self._st.conn
+            conn = self._st.live()
             deadline = deadline_after(self._timeout if self._blocking else 0)
             while (n := conn.send_oob(data)) < 0:
                 if not self._blocking:
@@ -305,7 +351,7 @@ class Stream(StateViews):
         return self._timeout
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> StreamMeta:
         """PHP's stream_get_meta_data."""
         return self._st.meta(self._blocking)
 
@@ -327,7 +373,7 @@ class Stream(StateViews):
             if pending:
                 return True  # _enter just finished it
             self._st.begin_crypto_change(enable, method, session_stream._st if session_stream is not None else None)
-            return self._finish_handshake()
+            return self._finish_handshake(self._blocking)
         finally:
             self._leave()
 
@@ -345,7 +391,7 @@ class Stream(StateViews):
         if not self._enter():
             return
         try:
-            conn = self._st.conn
+            conn = self._st.live()
             deadline = deadline_after(self._timeout)
             while not conn.shutdown(how):
                 if not conn.wait(WANT_WRITE, time_left(deadline)):
@@ -380,7 +426,7 @@ class Stream(StateViews):
     def __enter__(self) -> "Stream":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -401,21 +447,21 @@ class Server:
     __slots__ = ("_conn", "_backend", "address", "context", "handshake_timeout", "_acceptor", "_ready", "_cond",
                  "_driving", "_listener_to_close", "__weakref__")
 
-    def __init__(self, conn, backend, address: Address, context: Context,
+    def __init__(self, conn: Connection, backend: Backend, address: Address, context: Context,
                  handshake_timeout: float | None = None) -> None:
-        self._conn = conn
+        self._conn: Connection | None = conn
         self._backend = backend
         self.address = address
         self.context = context
         #: Seconds a client has from its connect to the end of its TLS handshake (None: no limit).
         self.handshake_timeout = limit_of(handshake_timeout, default_socket_timeout, "handshake_timeout")
-        self._acceptor = None  # made on the first accept
-        self._ready: collections.deque = collections.deque()  # established, not yet accepted
+        self._acceptor: Acceptor | None = None  # made on the first accept
+        self._ready: collections.deque[Connection] = collections.deque()  # established, not yet accepted
         self._cond = threading.Condition()
         self._driving = False  # a thread is inside the acceptor
-        self._listener_to_close = None  # close() from another thread: the driving thread closes it
+        self._listener_to_close: Connection | None = None  # close() from another thread: the driving thread closes it
 
-    def _live(self):
+    def _live(self) -> Connection:
         if self._conn is None:
             raise _e.error(_e.CLOSED)
         return self._conn
@@ -454,7 +500,7 @@ class Server:
                 began = True
         return self._stream(conn)
 
-    def _drive(self, listener, remaining: float | None, begin: bool) -> None:
+    def _drive(self, listener: Connection, remaining: float | None, begin: bool) -> None:
         """One run of the acceptor, the lock released meanwhile (called with it
         held). ``begin``: this accept call's first run, whose clients' failed
         handshakes it reports (earlier clients' failures are only counted)."""
@@ -482,7 +528,7 @@ class Server:
             code, sys_errno, message = failure
             raise _e.from_native(code, sys_errno, message, context="TLS handshake with the client failed")
 
-    def _stream(self, conn) -> tuple[Stream, str]:
+    def _stream(self, conn: Connection) -> tuple[Stream, str]:
         st = StreamState(conn, self._backend, self.address, self.context, server_side=True)
         st.pending_context = "TLS handshake with the client failed"
         stream = Stream(st)
@@ -507,13 +553,13 @@ class Server:
         deadline = deadline_after(seconds)
         while True:
             result = conn.recvfrom(size, bool(flags))
-            if type(result) is tuple:
+            if isinstance(result, tuple):
                 return result
             remaining = time_left(deadline)
             if not conn.wait(result, remaining):
                 raise _e.error(_e.TIMEOUT, f"recvfrom on {self.address} timed out", 110)
 
-    def sendto(self, data: bytes, peer: str) -> int:
+    def sendto(self, data: BytesLike, peer: str) -> int:
         """Sends one datagram to ``peer`` as recvfrom reported it."""
         conn = self._live()
         if self.address.transport is Transport.UDG:
@@ -552,6 +598,7 @@ class Server:
                 return
             self._conn, self._listener_to_close = None, self._conn
             if self._driving:  # the driving thread closes up when its run returns
+                assert self._acceptor is not None  # made before the first run
                 self._acceptor.wake()
                 self._cond.notify_all()
                 return
@@ -570,7 +617,7 @@ class Server:
     def __enter__(self) -> "Server":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -580,7 +627,7 @@ class Server:
 # --- the functions each backend offers -----------------------------------------------------
 
 
-def address_for(backend, address: Address | str, needs_port: bool) -> Address:
+def address_for(backend: Backend, address: Address | str, needs_port: bool) -> Address:
     a = address if isinstance(address, Address) else backend.parse(address)
     check_transport_available(a, backend)
     if needs_port and a.port is None and not a.transport.local:
@@ -589,7 +636,7 @@ def address_for(backend, address: Address | str, needs_port: bool) -> Address:
     return a
 
 
-def client(backend, address: Address | str, timeout: float | None = None, context: Context | None = None,
+def client(backend: Backend, address: Address | str, timeout: float | None = None, context: Context | None = None,
            flags: int = CLIENT_CONNECT) -> Stream:
     """PHP's stream_socket_client. With CLIENT_PERSISTENT, a live stream to
     the same address with the same context options is handed out again."""
@@ -602,7 +649,7 @@ def client(backend, address: Address | str, timeout: float | None = None, contex
     return _connect(backend, a, ctx, timeout, flags)
 
 
-def _connect(backend, a: Address, ctx: Context, timeout: float | None, flags: int) -> Stream:
+def _connect(backend: Backend, a: Address, ctx: Context, timeout: float | None, flags: int) -> Stream:
     tls = backend.tls_context(ctx, False, a.transport) if a.secure else None
     conn = backend.open_client(a, ctx, tls)
     st = StreamState(conn, backend, a, ctx, ready=False)
@@ -621,7 +668,7 @@ def _connect(backend, a: Address, ctx: Context, timeout: float | None, flags: in
     return stream
 
 
-def fsockopen(backend, host: str, port: int | None = None, timeout: float | None = None,
+def fsockopen(backend: Backend, host: str, port: int | None = None, timeout: float | None = None,
               context: Context | None = None, flags: int = CLIENT_CONNECT) -> Stream:
     """PHP's fsockopen: host and port apart (an IPv6 literal is bracketed for
     you). ``timeout``: None (the default), at least 0, or -1 for no limit;
@@ -632,7 +679,7 @@ def fsockopen(backend, host: str, port: int | None = None, timeout: float | None
     return client(backend, backend.join(host, port), timeout=timeout, context=context, flags=flags)
 
 
-def server(backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
+def server(backend: Backend, address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
            context: Context | None = None, handshake_timeout: float | None = None) -> Server:
     """PHP's stream_socket_server. udp and udg servers are bound, never listening."""
     a = address_for(backend, address, needs_port=True)
@@ -657,7 +704,7 @@ def _pair_address(socktype: int) -> Address:
     return unnamed(Transport.UDG if socktype == _socket.SOCK_DGRAM else Transport.UNIX)
 
 
-def pair_states(backend, domain: int, type: int, protocol: int) -> tuple[StreamState, StreamState]:
+def pair_states(backend: Backend, domain: int, type: int, protocol: int) -> tuple[StreamState, StreamState]:
     """PHP's stream_socket_pair for both drivers: the two ends' stream states."""
     for name, value in (("domain", domain), ("type", type), ("protocol", protocol)):
         if _builtin_type(value) is not int:
@@ -667,7 +714,7 @@ def pair_states(backend, domain: int, type: int, protocol: int) -> tuple[StreamS
     except OSError as exc:
         raise _e.error(_e.SYSTEM, f"Failed to create sockets: [{exc.errno}]: {exc.strerror}", exc.errno or 0) \
             from None
-    conns: list = []
+    conns: list[Connection] = []
     try:
         address = _pair_address(first.getsockopt(_socket.SOL_SOCKET, _socket.SO_TYPE))
         for sock in (first, second):
@@ -686,7 +733,7 @@ def pair_states(backend, domain: int, type: int, protocol: int) -> tuple[StreamS
     return states[0], states[1]
 
 
-def socket_pair(backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
+def socket_pair(backend: Backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
                 protocol: int = IPPROTO_IP) -> tuple[Stream, Stream]:
     """PHP's stream_socket_pair: two connected Streams, each the other's peer."""
     first, second = pair_states(backend, domain, type, protocol)
@@ -696,7 +743,19 @@ def socket_pair(backend, domain: int = PF_UNIX, type: int = SOCK_STREAM,
 _builtin_type = type
 
 
-def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | None = None):
+class Selectable(Protocol):
+    """What ``select`` watches: a Stream, a Server, or any object with a file descriptor."""
+
+    def fileno(self) -> int: ...
+
+
+R = TypeVar("R", bound=Selectable)
+W = TypeVar("W", bound=Selectable)
+X = TypeVar("X", bound=Selectable)
+
+
+def select(read: Iterable[R], write: Iterable[W], except_: Iterable[X],
+           timeout: float | None = None) -> tuple[list[R], list[W], list[X]]:
     """PHP's stream_select over Streams and Servers: the ready ones of each
     list. Data already buffered (ours or TLS's) counts as readable, as does a
     Server with a connection established and not yet accepted, or one whose
@@ -705,12 +764,14 @@ def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | 
     ValueError, as in PHP."""
     if isinstance(timeout, (int, float)) and timeout < 0:
         raise ValueError(f"timeout must be at least 0, or None for no limit, not {timeout!r}")
-    read, write, except_ = list(read), list(write), list(except_)
-    ready_read = [s for s in read if (s.buffered() if isinstance(s, Stream) else
-                                      isinstance(s, Server) and s._has_ready())]
+    reads, writes, excepts = list(read), list(write), list(except_)
+    ready_read = [s for s in reads if (s.buffered() if isinstance(s, Stream) else
+                                       isinstance(s, Server) and s._has_ready())]
     poller = _select.poll()
-    by_fd: dict[int, list] = {}
-    for items, event in ((read, _select.POLLIN), (write, _select.POLLOUT), (except_, _select.POLLPRI)):
+    by_fd: dict[int, list[tuple[int, Selectable]]] = {}
+    watched: tuple[tuple[list[R], int], tuple[list[W], int], tuple[list[X], int]] = (
+        (reads, _select.POLLIN), (writes, _select.POLLOUT), (excepts, _select.POLLPRI))
+    for items, event in watched:
         for item in items:
             fd = item._readiness_fd() if isinstance(item, Server) and event == _select.POLLIN else item.fileno()
             by_fd.setdefault(fd, [])
@@ -719,13 +780,13 @@ def select(read: Iterable, write: Iterable, except_: Iterable, timeout: float | 
     limit = limit_of(timeout, None)
     wait_ms = 0 if ready_read else (-1 if limit is None else min(math.ceil(limit * 1000), 0x7FFFFFFF))
     events = dict(poller.poll(wait_ms))
-    result: tuple[list, list, list] = ([], [], [])
+    result: tuple[list[Selectable], list[Selectable], list[Selectable]] = ([], [], [])
     for fd, entries in by_fd.items():
         happened = events.get(fd, 0)
-        for event, item in entries:
+        for event, watcher in entries:
             hit = happened & event or (event == _select.POLLIN and happened & (_select.POLLHUP | _select.POLLERR))
             index = {_select.POLLIN: 0, _select.POLLOUT: 1, _select.POLLPRI: 2}[event]
-            if hit or (index == 0 and item in ready_read):
-                if item not in result[index]:
-                    result[index].append(item)
-    return result
+            if hit or (index == 0 and watcher in ready_read):
+                if watcher not in result[index]:
+                    result[index].append(watcher)
+    return result  # type: ignore[return-value]  # each list holds items of the list it watched
