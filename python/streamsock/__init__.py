@@ -12,9 +12,10 @@ OpenSSL (or by the pure-Python twin of it).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Container, Iterable, Literal, overload
 
 from . import _backend
+from ._types import CryptoInfo, StreamMeta, TLSInfo
 from .address import Address, AddressBatch, Transport
 from .context import (
     CRYPTO_METHOD_ANY_CLIENT,
@@ -44,7 +45,7 @@ from .context import (
     CRYPTO_PROTO_TLSv1_3,
     Context,
 )
-from .probe import ProbeResult
+from .probe import ProbeResult, ProbeRun
 from .stream import (
     CLIENT_ASYNC_CONNECT,
     CLIENT_CONNECT,
@@ -81,7 +82,11 @@ from .errors import (
     TimeoutError,
     TLSError,
     UnsupportedTransportError,
+    WouldBlockError,
 )
+
+if TYPE_CHECKING:
+    from . import aio  # imported on first use at run time (see __getattr__)
 
 __version__ = "0.1.0"
 
@@ -123,6 +128,11 @@ __all__ = [
     "parse_many",
     "probe",
     "ProbeResult",
+    "ProbeRun",
+    "WouldBlockError",
+    "StreamMeta",
+    "CryptoInfo",
+    "TLSInfo",
 ]
 
 __all__ += sorted(name for name in dir() if name.startswith(("CRYPTO_METHOD_", "CRYPTO_PROTO_", "PF_", "SOCK_",
@@ -146,7 +156,13 @@ def parse(address: str) -> Address:
     return _active.parse(address)
 
 
-def parse_many(addresses: Iterable[str], errors: str = "raise") -> list:
+@overload
+def parse_many(addresses: Iterable[str], errors: Literal["raise"] = "raise") -> list[Address]: ...
+@overload
+def parse_many(addresses: Iterable[str], errors: Literal["return"]) -> list[Address | AddressError]: ...
+
+
+def parse_many(addresses: Iterable[str], errors: str = "raise") -> list[Address] | list[Address | AddressError]:
     """Parse many addresses in one C call. ``errors="raise"`` raises the first
     :class:`AddressError` (its ``index`` says which); ``errors="return"`` puts
     each error in the list in place of its address."""
@@ -216,10 +232,11 @@ def server(address: Address | str, flags: int = SERVER_BIND | SERVER_LISTEN,
     return _active.server(address, flags, context, handshake_timeout=handshake_timeout)
 
 
-def probe(targets, concurrency: int = 100, timeout: float = 5.0, context: Context | None = None, *,
-          connect_timeout: float | None = None, handshake_timeout: float | None = None, payload: bytes = b"",
-          banner: int = 0, capture_chain: bool = False, starttls: str | None = None, rate: float | None = None,
-          resume: bool = False, shard: tuple[int, int] | None = None, seed: int = 0, skip=None):
+def probe(targets: Iterable[str | Address], concurrency: int = 100, timeout: float = 5.0,
+          context: Context | None = None, *, connect_timeout: float | None = None,
+          handshake_timeout: float | None = None, payload: bytes = b"", banner: int = 0, capture_chain: bool = False,
+          starttls: str | None = None, rate: float | None = None, resume: bool = False,
+          shard: tuple[int, int] | None = None, seed: int = 0, skip: Container[int] | None = None) -> ProbeRun:
     """Connect to many targets at once; yields a :class:`ProbeResult` per target as it finishes.
 
     ``targets`` is any iterable of addresses (a generator over a file of
@@ -258,7 +275,7 @@ def available_transports() -> tuple[str, ...]:
     return _active.available_transports()
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # streamsock.aio on first use: importing asyncio is not free, and most
     # programs that use streamsock never need it.
     if name == "aio":

@@ -18,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .address import Address
+from .context import Context
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 
-def key_of(address: Address, context: Any) -> str:
+def key_of(address: Address, context: Context) -> str:
     """The same address and the same context options (not the same Context
     object: a copy with equal options shares the connection). A digest, so the
     registry keeps no passphrase."""
@@ -31,7 +35,7 @@ def key_of(address: Address, context: Any) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def alive(stream: Any) -> bool:
+def alive(stream: Stream) -> bool:
     """Whether a persistent stream can be handed out again, without losing a byte."""
     st = stream._st
     if st.conn is None:
@@ -44,7 +48,7 @@ def alive(stream: Any) -> bool:
         if not st.ready or st.datagram:
             return True  # a connect still to finish; a datagram socket has no end to detect
         data = st.conn.read(65536)  # never waits
-        if type(data) is bytes:
+        if isinstance(data, bytes):
             st.feed(data)  # kept for the next read; b"" is the peer's end
         return not st.eof
     except Exception:  # a reset, a failed TLS record: dead, whatever it was
@@ -57,11 +61,11 @@ class PersistentStreams:
     """A backend's registry of persistent client streams."""
 
     def __init__(self) -> None:
-        self._streams: dict[str, tuple[int, Any]] = {}
-        self._inherited: list[Any] = []  # a forked child's copies of its parent's: never closed here
+        self._streams: dict[str, tuple[int, Stream]] = {}
+        self._inherited: list[Stream] = []  # a forked child's copies of its parent's: never closed here
         self._lock = threading.Lock()
 
-    def get(self, key: str, connect: Callable[[], Any]) -> Any:
+    def get(self, key: str, connect: Callable[[], Stream]) -> Stream:
         """The live stream under ``key``, or a new one from ``connect()``."""
         with self._lock:
             entry = self._streams.get(key)
@@ -85,7 +89,7 @@ class PersistentStreams:
             self._streams[key] = (os.getpid(), stream)
         return stream
 
-    def forget(self, stream: Any) -> None:
+    def forget(self, stream: Stream) -> None:
         """A persistent stream closed by its user: the next request connects anew."""
         key = getattr(stream, "_persistent_key", None)
         if key is None:

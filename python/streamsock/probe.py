@@ -18,7 +18,7 @@ import datetime
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generator, Iterable, Iterator
 
 from . import errors as _e
 from ._deadline import checked_seconds
@@ -29,6 +29,11 @@ from .fingerprint import ServerHello, ja3s, parse_server_hello
 from .context import DEFAULT_CONTEXT, Context, check_transport_available
 from .shard import Selection
 from .starttls import PROTOCOLS
+from ._backend import CompiledTLS
+from ._types import EngineRecord
+
+if TYPE_CHECKING:
+    from ._backend import Backend
 
 SESSION_CACHE = 1024  # TLS sessions kept with resume=True (one per target)
 QUEUED_AHEAD = 256    # targets the engine holds at least, so it seldom waits for Python
@@ -124,7 +129,7 @@ class ProbeResult:
         """The IP address connected to (None when no connection was made, or for unix sockets)."""
         return _split_peer(self.peer)[0]
 
-    def to_dict(self, ja4plus: bool = False) -> dict:
+    def to_dict(self, ja4plus: bool = False) -> dict[str, Any]:
         """The record as JSON-ready values; ``ja4plus`` adds JA4S and JA4X (FoxIO License 1.1)."""
         address = self.address
         port = address.port if address is not None and address.port is not None else _split_peer(self.peer)[1]
@@ -156,7 +161,7 @@ def ja4x_of(cert: Certificate | None) -> str | None:
         return None
 
 
-def certificate_record(cert: Certificate, at: float) -> dict:
+def certificate_record(cert: Certificate, at: float) -> dict[str, Any]:
     """A certificate's fields as a record shows them (JSON-ready); ``expired`` as of ``at``."""
     s = cert.summary
     return {
@@ -180,9 +185,9 @@ def _split_peer(peer: str) -> tuple[str | None, int | None]:
     return split if split is not None else (None, None)
 
 
-def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError, **times) -> ProbeResult:
+def _failed(index: int, target: str, address: Address | None, exc: _e.StreamSocketError) -> ProbeResult:
     return ProbeResult(index, target, address, False, exc.code, type(exc).__name__, exc.errno or 0, str(exc),
-                       finished_at=time.time(), **times)
+                       finished_at=time.time())
 
 
 @dataclass
@@ -226,7 +231,8 @@ class ProbeOptions:
                 min(self.handshake_timeout or self.timeout, self.timeout))
 
 
-def _parsed(backend, targets: Iterable[str | Address], options: ProbeOptions, selection: Selection | None = None):
+def _parsed(backend: Backend, targets: Iterable[str | Address], options: ProbeOptions,
+            selection: Selection | None = None) -> Iterator[tuple[int, str, Address | _e.AddressError]]:
     """(index, text, Address or the AddressError) for each target ``selection``
     takes (by default every one), lazily; ``index`` counts every target."""
     for index, target in enumerate(targets):
@@ -266,9 +272,9 @@ class ProbeRun(Iterator[ProbeResult]):
     """probe()'s results, one ProbeResult per target as it finishes (in finishing
     order; ``index`` says which input it was), and how many are under way."""
 
-    def __init__(self, backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions,
+    def __init__(self, backend: Backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions,
                  selection: Selection | None = None) -> None:
-        self._handed: dict[int, tuple] = {}
+        self._handed: dict[int, tuple[str, Address, str | None]] = {}
         self._results = _owned_by_this_process(_probe(backend, targets, context, options, self._handed, selection))
 
     def __next__(self) -> ProbeResult:
@@ -284,7 +290,7 @@ class ProbeRun(Iterator[ProbeResult]):
         return len(self._handed)
 
 
-def probe(backend, targets: Iterable[str | Address], context: Context | None = None,
+def probe(backend: Backend, targets: Iterable[str | Address], context: Context | None = None,
           options: ProbeOptions | None = None, selection: Selection | None = None) -> ProbeRun:
     """Probe every target (those ``selection`` takes: a shard, less the ones to
     skip); see ProbeRun."""
@@ -292,7 +298,7 @@ def probe(backend, targets: Iterable[str | Address], context: Context | None = N
                     selection)
 
 
-def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResult]:
+def _owned_by_this_process(results: Generator[ProbeResult, None, None]) -> Generator[ProbeResult, None, None]:
     """``results`` while the process is the one that started them: a forked
     child that goes on gets a clear error (the engine's thread stayed in the
     parent, and the records in hand are the parent's to report)."""
@@ -304,19 +310,21 @@ def _owned_by_this_process(results: Iterator[ProbeResult]) -> Iterator[ProbeResu
                 raise _forked(owner)
 
 
-def _tls_for(backend, context: Context, address: Address, options: ProbeOptions):
+def _tls_for(backend: Backend, context: Context, address: Address,
+             options: ProbeOptions) -> tuple[CompiledTLS, CompiledTLS]:
     """(TLS context of a tls:// target, TLS context to start after STARTTLS)."""
     if options.starttls:
         return None, backend.tls_context(context, False, None)
     return (backend.tls_context(context, False, address.transport) if address.secure else None), None
 
 
-def _probe(backend, targets, context: Context, options: ProbeOptions,
+def _probe(backend: Backend, targets: Iterable[str | Address], context: Context, options: ProbeOptions,
            meta: dict[int, tuple[str, Address, str | None]], selection: Selection | None = None
-           ) -> Iterator[ProbeResult]:
+           ) -> Generator[ProbeResult, None, None]:
     """The probe; ``meta`` holds the targets handed to the engine and not yet reported."""
     engine = backend.engine(options, context)
-    tls_by_transport: dict = {}  # _tls_for depends on the transport alone, and the context is fixed
+    tls_by_transport: dict[Transport, tuple[CompiledTLS, CompiledTLS]] = {}  # _tls_for depends on the
+    # transport alone, and the context is fixed
     high_water = max(2 * options.concurrency, QUEUED_AHEAD)  # targets handed over ahead of time
     refill_at = options.concurrency + (high_water - options.concurrency) // 2  # half of the queue left
     source = Prefetch(_parsed(backend, targets, options, selection), high_water)
@@ -375,7 +383,7 @@ def _sni_for(context: Context, address: Address, options: ProbeOptions) -> str |
     return name if name and ip_literal(name) is None else None
 
 
-def _result(record: tuple, text: str, address: Address, sni: str | None) -> ProbeResult:
+def _result(record: EngineRecord, text: str, address: Address, sni: str | None) -> ProbeResult:
     (index, ok, error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn, session_reused,
      resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs, name_matched, verify_reason, server_hello) = record
     error_name = error_class = None
