@@ -39,9 +39,11 @@ class StreamTransport(asyncio.Transport):
         super().__init__()
         self._loop = loop
         self._st = state
-        self._conn = state.conn
+        self._conn = state.live()
         self._fd = self._conn.fileno()
-        self._protocol = protocol
+        # An asyncio.Protocol or a BufferedProtocol (self._buffered says which, once): Any,
+        # so the data path calls the one it has without a cast per call.
+        self._protocol: Any = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._on_lost = on_lost
         self._wbuf = bytearray()
@@ -287,7 +289,8 @@ class StreamTransport(asyncio.Transport):
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
+        protocol: asyncio.BaseProtocol = self._protocol
+        return protocol
 
     def __repr__(self) -> str:
         return f"<StreamTransport {self._st.address} {self._st.describe()}>"

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import types
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from . import _backend
 from . import errors as _e
@@ -45,6 +45,10 @@ from ._resolve import resolve
 from ._state import CHUNK, READ_CAP, StateViews, StreamState, check_shutdown_how
 from .address import Address, Transport, ip_literal
 from .context import DEFAULT_CONTEXT, Context
+from ._types import StreamMeta
+
+if TYPE_CHECKING:
+    from ._backend import Acceptor, Connection
 
 __all__ = ["AsyncServer", "AsyncStream", "StreamTransport", "client", "create_connection", "create_server", "server",
            "socket_pair"]
@@ -69,18 +73,18 @@ class AsyncStream(StateViews):
         self._loop = loop
         self._reading = False
         self._writing = False
-        self._read_waiter: asyncio.Future | None = None   # a read waiting for data
-        self._step_waiter: asyncio.Future | None = None   # a handshake step waiting for readability
-        self._write_waiters: list[asyncio.Future] = []  # a writer, and a TLS read that must write first
+        self._read_waiter: asyncio.Future[bytes | int] | None = None  # a read waiting for data (or WANT_WRITE)
+        self._step_waiter: asyncio.Future[None] | None = None  # a handshake step waiting for readability
+        self._write_waiters: list[asyncio.Future[None]] = []  # a writer, and a TLS read that must write first
         self._read_fd = -1   # the fd watched for reading, -1: none
         self._write_fd = -1
         self._may_hold_more = True  # the connection may have data without the socket becoming readable
         self._want = _FILL  # what the waiting read asked for: taken as it is, no copy of a rest
-        self._shutdown_task: asyncio.Task | None = None  # a TLS close_notify waiting for room
+        self._shutdown_task: asyncio.Task[None] | None = None  # a TLS close_notify waiting for room
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _claim(self, read: bool, write: bool):
+    def _claim(self, read: bool, write: bool) -> Connection:
         conn = self._st.live()
         if (read and self._reading) or (write and self._writing):
             raise _e.error(_e.BUSY, "stream is in use by another task")
@@ -96,7 +100,7 @@ class AsyncStream(StateViews):
         if write:
             self._writing = False
 
-    def _watch_read(self, conn) -> None:
+    def _watch_read(self, conn: Connection) -> None:
         fd = conn.fileno()
         if fd != self._read_fd:
             if fd < 0:
@@ -114,6 +118,7 @@ class AsyncStream(StateViews):
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():
             conn = self._st.conn
+            assert conn is not None  # close() ends the waiter before it lets the connection go
             want = self._want
             try:
                 data = conn.read(want)
@@ -126,13 +131,13 @@ class AsyncStream(StateViews):
             elif data == WANT_WRITE:  # TLS must write before it can read on (a key update)
                 waiter.set_result(WANT_WRITE)
             return  # WANT_READ: an incomplete record; the reader sleeps on
-        waiter = self._step_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        step_waiter = self._step_waiter
+        if step_waiter is not None and not step_waiter.done():
+            step_waiter.set_result(None)
             return
         self._unwatch_read()  # nobody waits: stop watching until someone does
 
-    def _keep_delivered(self, waiter: asyncio.Future) -> None:
+    def _keep_delivered(self, waiter: asyncio.Future[bytes | int]) -> None:
         """A read cancelled after the callback handed it data: the data stays
         in the stream's state, for the next read."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
@@ -140,10 +145,11 @@ class AsyncStream(StateViews):
             if type(data) is bytes:
                 self._st.feed(data)
 
-    async def _readable(self, conn) -> None:
+    async def _readable(self, conn: Connection) -> None:
         """Waits until the socket is readable (for a handshake step)."""
         self._watch_read(conn)
-        self._step_waiter = waiter = self._loop.create_future()
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._step_waiter = waiter
         try:
             await waiter
         except BaseException:
@@ -152,11 +158,11 @@ class AsyncStream(StateViews):
         finally:
             self._step_waiter = None
 
-    async def _writable(self, conn) -> None:
+    async def _writable(self, conn: Connection) -> None:
         fd = conn.fileno()
         if fd < 0:
             raise _e.error(_e.CLOSED)
-        waiter = self._loop.create_future()
+        waiter: asyncio.Future[None] = self._loop.create_future()
         self._write_waiters.append(waiter)
         if self._write_fd != fd:
             self._loop.add_writer(fd, self._on_writable)
@@ -174,7 +180,7 @@ class AsyncStream(StateViews):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait(self, conn, want: int) -> None:
+    async def _wait(self, conn: Connection, want: int) -> None:
         if want == WANT_READ:
             await self._readable(conn)
         elif want == WANT_WRITE:
@@ -213,7 +219,8 @@ class AsyncStream(StateViews):
                 return
         self._watch_read(conn)
         self._want = _FILL
-        self._read_waiter = waiter = self._loop.create_future()
+        waiter: asyncio.Future[bytes | int] = self._loop.create_future()
+        self._read_waiter = waiter
         try:
             result = await waiter
         except BaseException:
@@ -242,7 +249,7 @@ class AsyncStream(StateViews):
         if conn is None:
             raise _e.error(_e.CLOSED)
         if st.head or st.rest or st.eof or not size:
-            return st.read_now(size)  # buffered (or the end): no waiting
+            return st.read_now(size) or b""  # buffered (or the end): no waiting, never None
         # The hot path of every request: _fill's work inlined, one coroutine frame.
         want = size if size <= READ_CAP else READ_CAP
         self._reading = True
@@ -264,7 +271,8 @@ class AsyncStream(StateViews):
                     if self._read_fd < 0:
                         self._watch_read(conn)
                     self._want = want
-                    self._read_waiter = waiter = _Future(loop=self._loop)
+                    waiter: asyncio.Future[bytes | int] = _Future(loop=self._loop)
+                    self._read_waiter = waiter
                     try:
                         data = await waiter
                     except BaseException:
@@ -367,12 +375,14 @@ class AsyncStream(StateViews):
             st = self._st
             if flags & _stream.OOB:
                 conn = st.live()
-                while type(data := conn.recv_oob(size)) is not bytes:
+                while not isinstance(urgent := conn.recv_oob(size), bytes):
                     await self._readable(conn)  # announced: it comes with its segment
+                data = urgent
             else:
                 now = st.peek_now if flags & _stream.PEEK else st.read_now
-                while (data := now(size)) is None:
+                while (buffered := now(size)) is None:
                     await self._fill()
+                data = buffered
             return data, st.name(True)
         finally:
             self._release(True, False)
@@ -417,7 +427,7 @@ class AsyncStream(StateViews):
     # -- state ------------------------------------------------------------------
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> StreamMeta:
         return self._st.meta(False)  # nothing here ever blocks
 
     # -- closing ----------------------------------------------------------------
@@ -432,7 +442,7 @@ class AsyncStream(StateViews):
         if not conn.shutdown(how) and self._shutdown_task is None:
             self._shutdown_task = self._loop.create_task(self._finish_shutdown(conn, how))
 
-    async def _finish_shutdown(self, conn, how: int) -> None:
+    async def _finish_shutdown(self, conn: Connection, how: int) -> None:
         try:
             while not conn.shutdown(how):
                 await self._writable(conn)
@@ -461,7 +471,7 @@ class AsyncStream(StateViews):
     async def __aenter__(self) -> "AsyncStream":
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -471,7 +481,8 @@ class AsyncStream(StateViews):
 # --- client ---------------------------------------------------------------------------------
 
 
-async def _connect(loop, backend, a: Address, ctx: Context) -> AsyncStream:
+async def _connect(loop: asyncio.AbstractEventLoop, backend: _backend.Backend, a: Address,
+                   ctx: Context) -> AsyncStream:
     words = ("Unable to connect to", a)
     tls = backend.tls_context(ctx, False, a.transport) if a.secure else None
     if a.host is None or ip_literal(a.host) is not None:
@@ -500,7 +511,7 @@ async def _connect(loop, backend, a: Address, ctx: Context) -> AsyncStream:
                 stream.close()
                 continue
             if tls is not None:
-                st.conn.start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
+                st.live().start_tls(tls, ctx.peer_name(a), ctx.verify_peer_name, ctx.sni_enabled)
                 await stream._handshake()
         except BaseException:
             stream.close()
@@ -563,26 +574,27 @@ class AsyncServer:
     of spinning; the loop's exception handler hears of it once a second at
     most."""
 
-    def __init__(self, conn, backend, address: Address, context: Context, handler: Handler | None,
-                 handshake_timeout: float | None, loop: asyncio.AbstractEventLoop,
+    def __init__(self, conn: Connection, backend: _backend.Backend, address: Address, context: Context,
+                 handler: Handler | None, handshake_timeout: float | None, loop: asyncio.AbstractEventLoop,
                  protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None) -> None:
-        self._conn = conn
+        self._conn: Connection | None = conn
         self._backend = backend
         self.address = address
         self.context = context
         self._handler = handler
         self._protocol_factory = protocol_factory
         self._loop = loop
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._transports: set[StreamTransport] = set()
-        self._idle: asyncio.Future | None = None
+        self._idle: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._counts = (0, 0)  # the acceptor's (failed handshakes, accept errors) last seen
         self._failed_checks = 0  # handshakes done whose checks (peer_fingerprint) failed here
         self._accept_error_reported_at = -1.0
         self.handshake_failures = 0
         self.last_handshake_error: BaseException | None = None
-        self._acceptor = backend.acceptor(conn, limit_of(handshake_timeout, None, "handshake_timeout"))
+        self._acceptor: Acceptor | None = backend.acceptor(conn, limit_of(handshake_timeout, None,
+                                                                          "handshake_timeout"))
         self._acceptor_fd = self._acceptor.fileno()
         loop.add_reader(self._acceptor_fd, self._on_ready)
 
@@ -625,7 +637,7 @@ class AsyncServer:
                     self._timer.cancel()
                 self._timer = self._loop.call_at(at, self._on_timer)
 
-    def _note_stats(self, acceptor, accept_failed: bool) -> None:
+    def _note_stats(self, acceptor: Acceptor, accept_failed: bool) -> None:
         failures, _, last_handshake, last_accept = acceptor.stats()
         if last_handshake is not None:
             code, sys_errno, message = last_handshake
@@ -646,7 +658,7 @@ class AsyncServer:
             try:
                 protocol = self._protocol_factory()
             except BaseException as exc:
-                st.conn.close()
+                st.live().close()
                 st.conn = None
                 self._loop.call_exception_handler(
                     {"message": f"protocol factory of {self.address} failed", "exception": exc, "server": self})
@@ -660,7 +672,7 @@ class AsyncServer:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._check_idle()
 
@@ -674,8 +686,10 @@ class AsyncServer:
                 self._idle.set_result(None)
 
     async def _serve(self, stream: AsyncStream) -> None:
+        handler = self._handler
+        assert handler is not None  # a server with a protocol factory serves no streams
         try:
-            result = self._handler(stream)
+            result = handler(stream)
             if type(result) is _COROUTINE or inspect.isawaitable(result):
                 await result
         except asyncio.CancelledError:
@@ -735,7 +749,7 @@ class AsyncServer:
     async def __aenter__(self) -> "AsyncServer":
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         self.close_clients()
         await self.wait_closed()
@@ -745,7 +759,7 @@ class AsyncServer:
 
 
 async def _listen(address: Address | str, context: Context | None, backend: _backend.Backend | None,
-                  loop: asyncio.AbstractEventLoop):
+                  loop: asyncio.AbstractEventLoop) -> tuple[Connection, _backend.Backend, Address, Context]:
     """(connection, backend, address, context) of a new listening socket."""
     backend = backend if backend is not None else _backend.select()
     a = _stream.address_for(backend, address, needs_port=True)
@@ -760,11 +774,17 @@ async def _listen(address: Address | str, context: Context | None, backend: _bac
         try:
             conn = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
+            future.add_done_callback(_close_when_opened)
             raise
     else:
         conn = open_server(a, ctx, tls)
     return conn, backend, a, ctx
+
+
+def _close_when_opened(future: asyncio.Future[Connection]) -> None:
+    """A listening socket opened after its server() call was cancelled: nobody will use it."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 async def server(address: Address | str, handler: Handler, context: Context | None = None, *,
