@@ -45,7 +45,8 @@ def test_peek_sees_what_readline_left_buffered(tcp_pair):
 def test_peek_at_end_of_stream_and_without_data(tcp_pair):
     s, peer = tcp_pair
     s.set_blocking(False)
-    assert s.recvfrom(10, ss.PEEK) is None
+    with pytest.raises(ss.WouldBlockError):
+        s.recvfrom(10, ss.PEEK)
     peer.shutdown(socket.SHUT_WR)
     assert ss.select([s], [], [], 5)[0] == [s]
     assert s.recvfrom(10, ss.PEEK) == (b"", s.peer_name)

@@ -145,12 +145,12 @@ def test_read_timeout_sets_timed_out_and_loses_nothing(backend):
             assert s.meta["timed_out"] is False
 
 
-def test_non_blocking_read_returns_none_until_data(backend):
+def test_non_blocking_nowait_reads_return_none_until_data(backend):
     with EchoServer() as peer:
         with backend.client(peer.address, timeout=5) as s:
             s.set_blocking(False)
-            assert s.read(10) is None
-            assert s.readline() is None
+            assert s.read_nowait(10) is None
+            assert s.readline_nowait() is None
             assert s.meta["blocked"] is False
             s.write(b"ping\n")
             ready, _, _ = ss.select([s], [], [], 5)
@@ -158,8 +158,39 @@ def test_non_blocking_read_returns_none_until_data(backend):
             deadline = time.monotonic() + 5
             line = None
             while line is None and time.monotonic() < deadline:
-                line = s.readline()
+                line = s.readline_nowait()
             assert line == b"ping\n"
+
+
+def test_non_blocking_read_without_data_raises_would_block_and_loses_nothing(backend):
+    """read() and readline() return bytes, always: a non-blocking stream with
+    nothing there raises what a non-blocking socket raises (BlockingIOError)."""
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            s.set_blocking(False)
+            for call in (lambda: s.read(10), s.readline, lambda: s.recvfrom(10)):
+                with pytest.raises(ss.WouldBlockError) as info:
+                    call()
+                assert isinstance(info.value, BlockingIOError) and isinstance(info.value, ss.StreamSocketError)
+                assert info.value.errno == errno.EAGAIN and "_nowait returns None" in str(info.value)
+    a, b = backend.socket_pair()  # a unix pair: a write is in the peer's queue when it returns
+    with a, b:
+        b.set_blocking(False)
+        a.write(b"one\ntwo")
+        assert b.readline() == b"one\n"
+        with pytest.raises(ss.WouldBlockError):
+            b.readline()  # "two" has no line end yet
+        assert b.read(10) == b"two"  # kept through the raise
+
+
+def test_nowait_reads_never_wait_on_a_blocking_stream(backend):
+    with EchoServer() as peer:
+        with backend.client(peer.address, timeout=5) as s:
+            assert s.blocking
+            assert s.read_nowait() is None and s.readline_nowait() is None
+            s.write(b"three\n")
+            assert ss.select([s], [], [], 5)[0] == [s]
+            assert s.readline() == b"three\n"  # blocking mode is unchanged by the nowait calls
 
 
 def test_names_and_meta(backend):

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import types
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from . import _backend
 from . import errors as _e
@@ -57,6 +57,7 @@ DONE, WANT_READ, WANT_WRITE = _stream.DONE, _stream.WANT_READ, _stream.WANT_WRIT
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 _FILL = 65536  # bytes taken from the connection when a read has no size of its own (readline, read(-1))
 _COROUTINE = types.CoroutineType
+P = TypeVar("P", bound=asyncio.BaseProtocol)  # create_connection's protocol, returned as it was made
 _Future = asyncio.Future
 
 
@@ -818,9 +819,9 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ad
         raise
 
 
-async def create_connection(protocol_factory: Callable[[], asyncio.BaseProtocol], address: Address | str,
+async def create_connection(protocol_factory: Callable[[], P], address: Address | str,
                             timeout: float | None = None, context: Context | None = None, *,
-                            backend: _backend.Backend | None = None) -> tuple[StreamTransport, asyncio.BaseProtocol]:
+                            backend: _backend.Backend | None = None) -> tuple[StreamTransport, P]:
     """``loop.create_connection`` on a streamsock address: connects as
     :func:`client` does (TLS verified), then returns ``(transport, protocol)``."""
     stream = await client(address, timeout, context, backend=backend)
