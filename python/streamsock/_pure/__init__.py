@@ -9,7 +9,7 @@ lives in ``address.py`` beside the types it builds.
 from __future__ import annotations
 
 import ssl
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ..certificate import Certificate as certificate
 from ..address import PureAddressBatch, available_transports_pure, parse_many_pure, parse_pure
@@ -17,6 +17,9 @@ from .acceptor import Acceptor as acceptor
 from .conn import DONE, WANT_READ, WANT_WRITE, PureConnection, adopt, open_client, open_server
 from .engine import Engine as engine
 from .tls import PureTLS, self_signed
+
+if TYPE_CHECKING:
+    from ..context import TLSSettings
 
 Connection = PureConnection
 
@@ -48,5 +51,5 @@ def available_transports() -> tuple[str, ...]:
     return available_transports_pure()
 
 
-def compile_tls(settings) -> PureTLS:
+def compile_tls(settings: TLSSettings) -> PureTLS:
     return PureTLS(settings)

@@ -14,10 +14,14 @@ import errno as _errno
 import selectors
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from .. import errors as _e
 from .._deadline import deadline_after, time_left
-from .conn import DONE, WANT_READ, PureConnection
+from .conn import DONE, WANT_READ, PureConnection, error_code
+
+if TYPE_CHECKING:
+    from .._types import ErrorRecord
 
 _BATCH = 64
 _DEFAULT_MAX = 1024
@@ -30,7 +34,7 @@ class Acceptor:
     """See ``_backend.Acceptor``."""
 
     def __init__(self, listener: PureConnection, handshake_timeout: float | None, max_handshakes: int = 0) -> None:
-        if listener.state != "listening" or listener._sock.type != socket.SOCK_STREAM:
+        if listener.state != "listening" or listener._sock is None or listener._sock.type != socket.SOCK_STREAM:
             raise _e.error(_e.STATE, "an acceptor needs a listening stream socket")
         self._listener = listener
         self._timeout = handshake_timeout
@@ -46,10 +50,10 @@ class Acceptor:
         self._resume_at: float | None = None
         self._failures = 0
         self._accept_errors = 0
-        self._last_handshake: tuple[int, int, str] | None = None
-        self._last_accept: tuple[int, int, str] | None = None
+        self._last_handshake: ErrorRecord | None = None
+        self._last_accept: ErrorRecord | None = None
         self._epoch = 0
-        self._epoch_failure: tuple[int, int, str] | None = None
+        self._epoch_failure: ErrorRecord | None = None
         self._epoch_failures = 0
         self._update_listening()
 
@@ -62,12 +66,14 @@ class Acceptor:
         return len(self._pending) + len(self._ready) < self._max
 
     def _update_listening(self) -> None:
-        on = self._resume_at is None and self._room() and self._listener._sock is not None
+        sock = self._listener._sock
+        on = self._resume_at is None and self._room() and sock is not None
         if on != self._listening:
-            if on:
-                self._selector.register(self._listener._sock, selectors.EVENT_READ, "listener")
-            elif self._listener._sock is not None:
-                self._selector.unregister(self._listener._sock)
+            if sock is not None:  # a closed listener has nothing left to watch
+                if on:
+                    self._selector.register(sock, selectors.EVENT_READ, "listener")
+                else:
+                    self._selector.unregister(sock)
             self._listening = on
 
     def _accept_waiting(self, now: float) -> None:
@@ -76,7 +82,7 @@ class Acceptor:
                 conn = self._listener.accept()
             except _e.StreamSocketError as exc:
                 self._accept_errors += 1
-                self._last_accept = (_e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, str(exc))
+                self._last_accept = (error_code(exc, _e.SYSTEM), exc.errno or 0, str(exc))
                 if exc.errno in _FD_SHORTAGE:  # rest rather than spin on a listener that stays readable
                     self._resume_at = now + _FD_SHORTAGE_PAUSE
                     break
@@ -102,12 +108,14 @@ class Acceptor:
             self._forget(conn)
             self._ready.append(conn)
             return
+        sock = conn._sock
+        assert sock is not None  # a handshake under way has its socket
         events = _EVENTS.get(rc, selectors.EVENT_WRITE)
-        key = self._selector.get_map().get(conn._sock)
+        key = self._selector.get_map().get(sock)
         if key is None:
-            self._selector.register(conn._sock, events, conn)
+            self._selector.register(sock, events, conn)
         elif key.events != events:
-            self._selector.modify(conn._sock, events, conn)
+            self._selector.modify(sock, events, conn)
 
     def _forget(self, conn: PureConnection) -> int:
         """Takes a handshake out; its epoch."""
@@ -119,7 +127,7 @@ class Acceptor:
     def _failed(self, conn: PureConnection, exc: _e.StreamSocketError) -> None:
         epoch = self._forget(conn)
         self._failures += 1
-        self._last_handshake = (_e.CODE_BY_NAME.get(exc.code, _e.TLS), exc.errno or 0, exc.strerror)
+        self._last_handshake = (error_code(exc, _e.TLS), exc.errno or 0, exc.errstr)
         if epoch == self._epoch:
             self._epoch_failures += 1
             self._epoch_failure = self._last_handshake

@@ -15,6 +15,7 @@ it, before any application data moves.
 
 from __future__ import annotations
 
+import _ssl  # Python's ssl module's own core (ENCODING_DER is not re-exported by ssl)
 import datetime
 import errno as _errno
 import fcntl
@@ -26,6 +27,7 @@ import ssl
 import struct
 import sys
 import termios
+from typing import TYPE_CHECKING, Callable, NoReturn, Protocol, Sequence, TypeAlias, TypeVar, TypeVarTuple
 
 from .. import errors as _e
 from .._deadline import deadline_after, time_left
@@ -40,11 +42,47 @@ from .tls import (
     ssl_reason,
 )
 
+if TYPE_CHECKING:
+    from .._types import BytesLike, ErrorRecord, TLSInfo
+    from ..context import Context
+
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 _RECV = 65536
 _RECORD = 16384  # TLS's largest record payload
 _HANDBACK_MAX = 1 << 20
 _VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+#: What a raised error's message starts with (``_backend.Connection``): words,
+#: or (words, address) formatted only when an error happens.
+ErrorContext: TypeAlias = "str | tuple[str, Address] | None"
+#: One of getaddrinfo's answers: family, type, protocol, canonical name, and the
+#: address as connect, bind and sendto take it (opaque to us).
+_AddrInfo: TypeAlias = "tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[object, ...]]"
+#: A socket address as the kernel reports it (getpeername, recvfrom): (host, port),
+#: IPv6's (host, port, flowinfo, scope_id), or a unix path (bytes in Linux's abstract namespace).
+_SockAddr: TypeAlias = "tuple[str, int] | tuple[str, int, int, int] | str | bytes"
+
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
+
+
+class _SSLCore(Protocol):
+    """What we use of an SSLObject's private ``_ssl._SSLSocket``: Python's ssl
+    (before 3.13) offers no shutdown that does not also unwrap, and no chains."""
+
+    def shutdown(self) -> None: ...
+    def get_verified_chain(self) -> list[_ssl.Certificate] | None: ...
+    def get_unverified_chain(self) -> list[_ssl.Certificate] | None: ...
+
+
+def _core(ssl_object: ssl.SSLObject) -> _SSLCore:
+    core: _SSLCore = ssl_object._sslobj  # type: ignore[attr-defined]  # private: see _SSLCore
+    return core
+
+
+def error_code(exc: _e.StreamSocketError, default: int) -> int:
+    """The number (the C core's ss_err_t) of an error raised as an exception, ``default`` when it has no code."""
+    return _e.CODE_BY_NAME.get(exc.code, default) if exc.code is not None else default
 
 
 def _discard_unread(sock: socket.socket) -> None:
@@ -60,11 +98,12 @@ def _discard_unread(sock: socket.socket) -> None:
             return
 
 
-def _format_sockaddr(family: int, sockaddr) -> str:
-    if family == socket.AF_INET6:
-        return f"[{sockaddr[0].partition('%')[0]}]:{sockaddr[1]}"
-    if family == socket.AF_INET:
-        return f"{sockaddr[0]}:{sockaddr[1]}"
+def _format_sockaddr(family: int, sockaddr: _SockAddr) -> str:
+    if isinstance(sockaddr, tuple):  # AF_INET or AF_INET6
+        host, port = sockaddr[0], sockaddr[1]
+        if family == socket.AF_INET6:
+            return f"[{host.partition('%')[0]}]:{port}"
+        return f"{host}:{port}"
     if isinstance(sockaddr, bytes):
         return sockaddr.decode("utf-8", "surrogateescape")
     return sockaddr or ""
@@ -75,20 +114,23 @@ class PureConnection:
 
     state: str  # the C core's state names: "resolve", "connecting", "handshaking", "established", ...
 
-    def __init__(self, address: Address, context, tls: PureTLS | None, sock: socket.socket | None = None) -> None:
+    def __init__(self, address: Address, context: Context, tls: PureTLS | None,
+                 sock: socket.socket | None = None) -> None:
         self._address = address
         self._context = context
         self._initial_tls = tls
         self._sock = sock
-        self._addrs: list = []
+        self._addrs: list[_AddrInfo] = []
         self._connect_errno = 0
+        # While TLS is on: the SSLObject, its compiled context and its two BIOs, together.
         self._ssl: ssl.SSLObject | None = None
         self._tls: PureTLS | None = None
-        self._in = self._out = None
+        self._in: ssl.MemoryBIO | None = None
+        self._out: ssl.MemoryBIO | None = None
         self._unsent = b""
         self._handback = bytearray()
         self._shutdown_sent = False
-        self._error: tuple[int, int, str] | None = None
+        self._error: ErrorRecord | None = None
         self.capture_hello = False  # keep the first ServerHello (fingerprints), as the C core's capture_hello
         self.server_hello = b""
         self._hello_tap: bytearray | None = None
@@ -102,18 +144,25 @@ class PureConnection:
 
     # -- errors -------------------------------------------------------------
 
-    def _fail(self, code: int, sys_errno: int, message: str, context: str | None = None):
+    def _fail(self, code: int, sys_errno: int, message: str, context: ErrorContext = None) -> NoReturn:
         self._error = (code, sys_errno, message)
         self.state = "failed"
         raise _e.from_native(code, sys_errno, message, context=context)
 
-    def _raise_sticky(self, context: str | None):
-        code, sys_errno, message = self._error  # type: ignore[misc]
+    def _raise_sticky(self, context: ErrorContext) -> NoReturn:
+        assert self._error is not None  # "failed" comes only from _fail, which keeps the error
+        code, sys_errno, message = self._error
         raise _e.from_native(code, sys_errno, message, context=context)
+
+    def _live_sock(self) -> socket.socket:
+        """The socket, which a connection has from connecting until it is closed."""
+        if self._sock is None:
+            raise _e.error(_e.CLOSED)
+        return self._sock
 
     # -- the state machine ----------------------------------------------------------
 
-    def step(self, context: str | None = None) -> int:
+    def step(self, context: ErrorContext = None) -> int:
         while True:
             state = self.state
             if state == "established":
@@ -124,12 +173,13 @@ class PureConnection:
                 if rc:
                     return rc
             elif state == "connecting":
-                error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                sock = self._live_sock()
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
                     if self._address.transport.local:
                         self._fail(_e.CONNECT, error, os.strerror(error), context)
                     self._connect_errno = error
-                    self._sock.close()
+                    sock.close()
                     self._sock = None
                     rc = self._connect_next(context)
                     if rc:
@@ -158,7 +208,7 @@ class PureConnection:
             else:
                 return DONE  # listening
 
-    def _start_connect(self, context) -> int:
+    def _start_connect(self, context: ErrorContext) -> int:
         a = self._address
         if a.transport.local:
             family = socket.AF_UNIX
@@ -174,6 +224,7 @@ class PureConnection:
                 except OSError as exc:
                     self._fail(_e.CONNECT, exc.errno or 0, f"bindto {bind_host or '(auto)'} failed: {exc.strerror}",
                                context)
+            assert a.path is not None  # a unix or udg address always has its path
             rc = sock.connect_ex(a.path.encode("utf-8", "surrogateescape"))
             if rc == 0:
                 return DONE
@@ -181,10 +232,10 @@ class PureConnection:
                 return WANT_WRITE
             self._fail(_e.CONNECT, rc, os.strerror(rc), context)
         stype = socket.SOCK_DGRAM if a.transport.datagram else socket.SOCK_STREAM
-        self._addrs = _resolve(self, a.host, a.port, stype, False, context)
+        self._addrs = list(_resolve(self, a.host, a.port, stype, False, context))  # tried in turn, popped
         return self._connect_next(context)
 
-    def _connect_next(self, context) -> int:
+    def _connect_next(self, context: ErrorContext) -> int:
         while self._addrs:
             family, stype, proto, _, sockaddr = self._addrs.pop(0)
             try:
@@ -197,8 +248,8 @@ class PureConnection:
                 _bind_local(self._context, sock, family, stype)
             except _e.StreamSocketError as exc:
                 sock.close()
-                code = _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM)
-                self._fail(code, exc.errno or 0, exc.strerror, context)  # worded as the C core words it
+                # worded as the C core words it
+                self._fail(error_code(exc, _e.SYSTEM), exc.errno or 0, exc.errstr, context)
             self._sock = sock
             rc = sock.connect_ex(sockaddr)
             if rc == 0:
@@ -213,21 +264,25 @@ class PureConnection:
 
     # -- TLS pumping -------------------------------------------------------------------
 
-    def _attach(self, tls: PureTLS, session=None, session_from: "PureConnection | None" = None) -> None:
+    def _attach(self, tls: PureTLS, session: ssl.SSLSession | None = None,
+                session_from: PureConnection | None = None) -> None:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         s = tls.settings
         name = self._peer_name
-        context, hostname = tls.ssl_context, None
+        context: ssl.SSLContext = tls.ssl_context
+        hostname: str | None = None
         check = bool(not s.server and name and s.verify_peer and self._verify_peer_name and not s.allow_self_signed)
         # Python's ssl sends SNI (never for IP literals) and checks the name
         # together, both from server_hostname: use that when both are wanted.
         self._check_name_in_handshake = check and self._sni
         if self._check_name_in_handshake:
+            assert tls.checked_context is not None  # made for every client that checks names (PureTLS)
             context, hostname = tls.checked_context, name
         elif not s.server and name and self._sni and ip_literal(name) is None:
             hostname = name
         self._version_range = None
-        if session is not None and session_from is not None and session_from._ssl.context is not context:
+        if (session is not None and session_from is not None and session_from._ssl is not None
+                and session_from._ssl.context is not context):
             context = self._context_for_session(tls, context, session_from)
         if session is None and not s.server:
             session, self.offer_session = self.offer_session, None
@@ -239,7 +294,7 @@ class PureConnection:
         if self.capture_hello and not s.server and not self.server_hello:
             self._hello_tap = bytearray()
 
-    def _context_for_session(self, tls: PureTLS, wanted: ssl.SSLContext, other: "PureConnection") -> ssl.SSLContext:
+    def _context_for_session(self, tls: PureTLS, wanted: ssl.SSLContext, other: PureConnection) -> ssl.SSLContext:
         """Python's ssl resumes a session only in the SSLContext that made it,
         where OpenSSL itself takes it in any. A session made with other
         versions allowed (a tls:// stream's, resumed by a STARTTLS with a
@@ -248,13 +303,14 @@ class PureConnection:
         to our range after the handshake. Other differences cannot be bridged."""
         from dataclasses import replace
 
+        assert other._ssl is not None and other._tls is not None  # its session is offered: its TLS is on
         mine, theirs = tls.settings, other._tls.settings
         same_role = (other._ssl.context is other._tls.checked_context) == (wanted is tls.checked_context)
         if not same_role or replace(theirs, min_version=mine.min_version, max_version=mine.max_version) != mine:
             raise ValueError("session_stream's TLS settings differ from this stream's in more than the protocol "
                              "versions: the pure backend cannot resume its session (Python's ssl ties a session "
                              "to the SSLContext that made it)")
-        version = _VERSIONS.get(other._ssl.version(), 0)
+        version = _VERSIONS.get(other._ssl.version() or "", 0)
         if not mine.min_version <= version <= (mine.max_version or version):
             raise ValueError(f"session_stream's session is {other._ssl.version()}, outside the protocol versions "
                              "this stream allows")
@@ -273,7 +329,7 @@ class PureConnection:
         data = self._unsent + self._out.read() if self._out is not None else self._unsent
         while data:
             try:
-                n = self._sock.send(data)
+                n = self._live_sock().send(data)
             except BlockingIOError:
                 self._unsent = data
                 return False
@@ -287,28 +343,29 @@ class PureConnection:
     def _fill(self) -> int:
         """Moves socket input into TLS: DONE, or WANT_READ when none is waiting.
         A socket error propagates as OSError, as in _flush."""
+        assert self._in is not None  # TLS is on
         try:
-            data = self._sock.recv(_RECV)
+            data = self._live_sock().recv(_RECV)
         except BlockingIOError:
             return WANT_READ
         if data:
             if self._hello_tap is not None:
-                self._tap_hello(data)
+                self._tap_hello(self._hello_tap, data)
             self._in.write(data)
         else:
             self._in.write_eof()
         return DONE
 
-    def _tap_hello(self, data: bytes) -> None:
-        """Keeps the ServerHello from the first records the server sends."""
-        tap = self._hello_tap
+    def _tap_hello(self, tap: bytearray, data: bytes) -> None:
+        """Keeps the ServerHello from the first records the server sends (``tap``: those so far)."""
         tap += data
         found = server_hello_from_records(tap)
         if found is not None:
             self.server_hello = found
             self._hello_tap = None
 
-    def _tls_call(self, operation, *args, reading: bool = False):
+    def _tls_call(self, operation: Callable[[*_Args], _T], *args: *_Args,
+                  reading: bool = False) -> tuple[_T | None, int]:
         """Runs an SSLObject operation, pumping I/O: (result, want). A read
         (``reading``) goes on reading while earlier output waits for room in
         the socket: that output is a writer's, which waits for it itself."""
@@ -325,11 +382,12 @@ class PureConnection:
                 return result, WANT_WRITE
             return result, DONE
 
-    def _socket_failed(self, exc: OSError, what: str, context) -> None:
+    def _socket_failed(self, exc: OSError, what: str, context: ErrorContext) -> NoReturn:
         """A socket error under TLS, reported as the C core does (SSL_ERROR_SYSCALL)."""
         self._fail(_e.TLS, exc.errno or 0, f"{what}: {exc.strerror or exc}", context)
 
-    def _handshake(self, context) -> int:
+    def _handshake(self, context: ErrorContext) -> int:
+        assert self._ssl is not None  # "handshaking" comes with _attach
         try:
             if self._unsent and not self._flush():
                 return WANT_WRITE
@@ -344,14 +402,14 @@ class PureConnection:
             return WANT_WRITE
         if self._version_range is not None:  # offered from another context: see _context_for_session
             low, high = self._version_range
-            version = _VERSIONS.get(self._ssl.version(), 0)
+            version = _VERSIONS.get(self._ssl.version() or "", 0)
             if not low <= version <= (high or version):
                 self._fail(_e.TLS, 0, f"TLS handshake failed: {self._ssl.version()} was negotiated, outside the "
                            "protocol versions allowed", context)
         self._check_peer(context)
         return DONE
 
-    def _fail_tls(self, exc: ssl.SSLError, what: str, context) -> None:
+    def _fail_tls(self, exc: ssl.SSLError, what: str, context: ErrorContext) -> NoReturn:
         try:
             self._flush()  # send the alert
         except OSError:
@@ -368,8 +426,9 @@ class PureConnection:
             message += f' (expected "{self._peer_name}")'
         self._fail(code, 0, message, context)
 
-    def _check_peer(self, context) -> None:
+    def _check_peer(self, context: ErrorContext) -> None:
         """What Python's ssl could not check during the handshake."""
+        assert self._ssl is not None and self._tls is not None  # after a handshake
         s = self._tls.settings
         if s.server or self._ssl.server_side:
             return
@@ -399,21 +458,22 @@ class PureConnection:
                                f'(expected "{name}")', context)
                 self._fail(code, 0, f'Peer certificate CN or subjectAltName did not match expected "{name}"', context)
         if s.verify_peer and s.verify_depth >= 0:
-            chain = self._ssl._sslobj.get_verified_chain() or []
+            chain = _core(self._ssl).get_verified_chain() or []
             if len(chain) > s.verify_depth + 2:
                 self._fail(_e.TLS_VERIFY, 0, "TLS handshake failed: certificate verify failed: certificate chain too long",
                            context)
 
-    def _tls_shutdown(self, context) -> int:
+    def _tls_shutdown(self, context: ErrorContext) -> int:
         try:
             return self._tls_shutdown_step(context)
         except OSError as exc:
             self._socket_failed(exc, "TLS shutdown failed", context)
 
-    def _tls_shutdown_step(self, context) -> int:
+    def _tls_shutdown_step(self, context: ErrorContext) -> int:
+        assert self._ssl is not None  # "tls_shutdown" comes only from stop_tls, with TLS on
         if not self._shutdown_sent:
             try:
-                self._ssl._sslobj.shutdown()
+                _core(self._ssl).shutdown()
                 done = True
             except ssl.SSLWantReadError:
                 done = False
@@ -460,7 +520,7 @@ class PureConnection:
     def is_tls(self) -> bool:
         return self._ssl is not None
 
-    def run(self, timeout: float | None, context: str | None = None) -> None:
+    def run(self, timeout: float | None, context: ErrorContext = None) -> None:
         deadline = deadline_after(timeout)
         while True:
             rc = self.step(context)
@@ -482,18 +542,19 @@ class PureConnection:
         wait_ms = -1 if timeout is None or math.isinf(timeout) else min(math.ceil(timeout * 1000), 0x7FFFFFFF)
         return bool(poller.poll(wait_ms))
 
-    def read(self, size: int):
+    def read(self, size: int) -> bytes | int:
         if self.state != "established":
             rc = self.step()
             if rc:
                 return rc
         if self._handback:
-            data = bytes(self._handback[:size])
+            handed_back = bytes(self._handback[:size])
             del self._handback[:size]
-            return data
+            return handed_back
         if self._ssl is None:
+            sock = self._live_sock()
             try:
-                return self._sock.recv(size)
+                return sock.recv(size)
             except BlockingIOError:
                 return WANT_READ
             except OSError as exc:
@@ -516,6 +577,7 @@ class PureConnection:
         """``data`` plus every whole record already received, up to ``size``
         (what is left in the incoming BIO is then at most part of a record,
         the rule a read that returns less than asked for keeps)."""
+        assert self._ssl is not None  # read() drains only under TLS
         parts = [data]
         got = len(data)
         while got < size:
@@ -533,7 +595,7 @@ class PureConnection:
             pass  # the next call meets the socket's error
         return b"".join(parts) if len(parts) > 1 else data
 
-    def write(self, data) -> int:
+    def write(self, data: BytesLike) -> int:
         if self.state != "established":
             rc = self.step()
             if rc:
@@ -543,8 +605,9 @@ class PureConnection:
         if self._ssl is not None and self._shutdown_sent:  # as a plain socket's after shutdown(SHUT_WR)
             self._fail(_e.SYSTEM, _errno.EPIPE, f"write failed: {os.strerror(_errno.EPIPE)}")
         if self._ssl is None:
+            sock = self._live_sock()
             try:
-                return self._sock.send(data)
+                return sock.send(data)
             except BlockingIOError:
                 return -WANT_WRITE
             except OSError as exc:
@@ -563,10 +626,11 @@ class PureConnection:
             self._socket_failed(exc, "TLS write failed", None)
         return n
 
-    def accept(self) -> "PureConnection | None":
+    def accept(self) -> PureConnection | None:
         """A listener's next connection, or None when none is waiting."""
+        listener = self._live_sock()
         try:
-            sock, _ = self._sock.accept()
+            sock, _ = listener.accept()
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -584,13 +648,13 @@ class PureConnection:
         deadline = deadline_after(timeout)
         while True:
             data = self.read(size)
-            if type(data) is bytes:
+            if isinstance(data, bytes):
                 return data
             remaining = time_left(deadline)
             if not self.wait(data, remaining):
                 return None
 
-    def write_wait(self, data, timeout: float | None) -> int:
+    def write_wait(self, data: BytesLike, timeout: float | None) -> int:
         """Writes all of ``data``, blocking up to ``timeout`` seconds; returns
         how much went out (less than all only when the time ran out)."""
         view = memoryview(data).cast("B")
@@ -606,40 +670,43 @@ class PureConnection:
                 break
         return total
 
-    def recvfrom(self, size: int, peek: bool = False):
+    def recvfrom(self, size: int, peek: bool = False) -> tuple[bytes, str] | int:
+        sock = self._live_sock()
         try:
-            data, sockaddr = self._sock.recvfrom(size, socket.MSG_PEEK if peek else 0)
+            data, sockaddr = sock.recvfrom(size, socket.MSG_PEEK if peek else 0)
         except BlockingIOError:
             return WANT_READ
         except OSError as exc:
             raise _e.error(_e.SYSTEM, f"recvfrom failed: {exc.strerror}", exc.errno or 0) from None
-        return data, _format_sockaddr(self._sock.family, sockaddr)
+        return data, _format_sockaddr(sock.family, sockaddr)
 
-    def sendto(self, data, address: Address) -> int:
+    def sendto(self, data: BytesLike, address: Address) -> int:
+        sock = self._live_sock()
+        target: bytes | tuple[object, ...]
         if address.path is not None:
             target = address.path.encode("utf-8", "surrogateescape")
         else:
-            stype = self._sock.type
-            target = _resolve(self, address.host, address.port or 0, stype, False, None)[0][4]
+            target = _resolve(self, address.host, address.port or 0, sock.type, False, None)[0][4]
         try:
-            return self._sock.sendto(data, target)
+            return sock.sendto(data, target)
         except BlockingIOError:
             return -WANT_WRITE
         except OSError as exc:
             raise _e.error(_e.SYSTEM, f"sendto failed: {exc.strerror}", exc.errno or 0) from None
 
-    def _oob_check(self) -> None:
-        if self._sock is None:
-            raise _e.error(_e.CLOSED)
+    def _oob_socket(self) -> socket.socket:
+        """The socket, for urgent data: which a closed or TLS stream refuses."""
+        sock = self._live_sock()
         if self._ssl is not None:  # an urgent byte would bypass the record layer
             raise _e.error(_e.UNSUPPORTED, "out-of-band data cannot be sent or received on a TLS stream",
                            _errno.EOPNOTSUPP)
+        return sock
 
-    def recv_oob(self, size: int):
+    def recv_oob(self, size: int) -> bytes | int:
         """The pending urgent byte(s) (TCP MSG_OOB), or WANT_READ when announced and not yet here."""
-        self._oob_check()
+        sock = self._oob_socket()
         try:
-            return self._sock.recv(size, socket.MSG_OOB)
+            return sock.recv(size, socket.MSG_OOB)
         except BlockingIOError:
             return WANT_READ
         except OSError as exc:
@@ -647,27 +714,29 @@ class PureConnection:
                 raise _e.error(_e.SYSTEM, "no out-of-band data is pending", _errno.EINVAL) from None
             raise _e.error(_e.SYSTEM, f"recv(MSG_OOB) failed: {exc.strerror}", exc.errno or 0) from None
 
-    def send_oob(self, data) -> int:
+    def send_oob(self, data: BytesLike) -> int:
         """Sends ``data`` with its last byte urgent (TCP MSG_OOB): the count, or -WANT_WRITE."""
-        self._oob_check()
+        sock = self._oob_socket()
         try:
-            return self._sock.send(data, socket.MSG_OOB | socket.MSG_NOSIGNAL)
+            return sock.send(data, socket.MSG_OOB | socket.MSG_NOSIGNAL)
         except BlockingIOError:
             return -WANT_WRITE
         except OSError as exc:
             raise _e.error(_e.SYSTEM, f"send(MSG_OOB) failed: {exc.strerror}", exc.errno or 0) from None
 
-    def start_tls(self, tls: PureTLS, peer_name, verify_peer_name, sni_enabled, session_from=None) -> None:
+    def start_tls(self, tls: PureTLS, peer_name: str | None, verify_peer_name: bool, sni_enabled: bool,
+                  session_from: PureConnection | None = None) -> None:
         if self.state != "established":
             raise _e.error(_e.STATE, "cannot enable crypto: the stream is not connected")
         if self._ssl is not None:
             raise _e.error(_e.TLS_ACTIVE)
-        if self._sock.type != socket.SOCK_STREAM or self._address.transport.local:
+        sock = self._live_sock()
+        if sock.type != socket.SOCK_STREAM or self._address.transport.local:
             raise _e.error(_e.UNSUPPORTED, f"TLS needs a tcp stream, not {self._address.transport.value}")
         if self._handback:  # left over from an earlier TLS session
             raise _e.error(_e.STARTTLS_BUFFERED)
         if not tls.settings.server:  # a server's ClientHello may already be waiting
-            waiting = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
             if int.from_bytes(waiting, sys.byteorder):
                 raise _e.error(_e.STARTTLS_BUFFERED)
         if peer_name is not None:
@@ -682,7 +751,9 @@ class PureConnection:
 
     def resumable_session(self) -> ssl.SSLSession | None:
         """The TLS session, once it can be resumed (TLS 1.3: after the server's ticket)."""
-        session = self._ssl.session if self._ssl is not None else None
+        if self._ssl is None:
+            return None
+        session = self._ssl.session
         if session is None or not (session.has_ticket or (session.id and self._ssl.version() != "TLSv1.3")):
             return None  # a TLS 1.3 session's id is only the legacy echo
         return session
@@ -706,9 +777,10 @@ class PureConnection:
                         self._handback += self._ssl.read(pending)
                 except ssl.SSLError as exc:
                     self._fail_tls(exc, "TLS read failed", None)
+                assert self._in is not None  # with self._ssl
                 unread = self._in.read()
                 try:
-                    self._ssl._sslobj.shutdown()  # sends; then says it waits for the peer's
+                    _core(self._ssl).shutdown()  # sends; then says it waits for the peer's
                 except ssl.SSLWantReadError:
                     pass
                 except ssl.SSLError as exc:
@@ -721,23 +793,27 @@ class PureConnection:
                     return False
             except OSError as exc:
                 self._socket_failed(exc, "TLS shutdown failed", None)
+        sock = self._live_sock()
         try:
-            self._sock.shutdown(how)
+            sock.shutdown(how)
         except OSError as exc:
             raise _e.error(_e.SYSTEM, f"shutdown failed: {exc.strerror}", exc.errno or 0) from None
         return True
 
     def interrupt(self) -> None:
+        sock = self._sock  # close() may clear it meanwhile, in the thread we wake
+        if sock is None:
+            return
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):  # closed meanwhile
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed meanwhile
             pass
 
     def close(self) -> None:
         if self._ssl is not None and self.state == "established":
             if not self._shutdown_sent:
                 try:  # best effort close_notify, as the C core does
-                    self._ssl._sslobj.shutdown()
+                    _core(self._ssl).shutdown()
                 except ssl.SSLError:
                     pass
             try:
@@ -774,13 +850,14 @@ class PureConnection:
             return ""
         return _format_sockaddr(self._sock.family, sockaddr)
 
-    def tls_info(self) -> dict:
+    def tls_info(self) -> TLSInfo:
         if self._ssl is None:
             return {"protocol": "", "cipher_name": "", "cipher_bits": 0, "cipher_version": "", "alpn_protocol": None,
                     "group": None, "server_name": None, "session_reused": False}
-        name, version, bits = self._ssl.cipher()
+        # Mid-handshake nothing is negotiated yet: empty fields, as the C core reports them.
+        name, version, bits = self._ssl.cipher() or ("", "", 0)
         return {
-            "protocol": self._ssl.version(),
+            "protocol": self._ssl.version() or "",
             "cipher_name": name,
             "cipher_bits": bits,
             "cipher_version": version,
@@ -801,7 +878,7 @@ class PureConnection:
             leaf = None
         if leaf and not chain:
             return [leaf]
-        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in self._ssl._sslobj.get_unverified_chain() or []]
+        ders = [c.public_bytes(_ssl.ENCODING_DER) for c in _core(self._ssl).get_unverified_chain() or []]
         if leaf and (not ders or ders[0] != leaf):  # the server side's chain omits the leaf
             ders.insert(0, leaf)
         return ders if chain else ders[:1]
@@ -815,13 +892,16 @@ class PureConnection:
         if not chain:
             return None, None, None
         tls, name = self._tls, self._peer_name
+        assert tls is not None  # with self._ssl
         failure = self._verify_failure
+        result: tuple[int, str] | None
         if failure is not None:
             result = failure
         elif self._ssl.context.verify_mode == ssl.CERT_REQUIRED and self.state == "established":
             result = VERIFIED
         else:
             result = tls.trust.chain_result(chain)
+        matched: bool | None
         if failure is not None and failure[0] in NAME_MISMATCH:
             matched = False
         elif self._check_name_in_handshake and self.state == "established":
@@ -831,7 +911,8 @@ class PureConnection:
         return (result[0], result[1], matched) if result is not None else (None, None, matched)
 
 
-def _resolve(conn: PureConnection, host: str, port: int, stype: int, passive: bool, context):
+def _resolve(conn: PureConnection, host: str | None, port: int | None, stype: int, passive: bool,
+             context: ErrorContext) -> Sequence[_AddrInfo]:
     flags = socket.AI_NUMERICSERV | (socket.AI_PASSIVE if passive else socket.AI_ADDRCONFIG)
     try:
         try:
@@ -846,7 +927,7 @@ def _resolve(conn: PureConnection, host: str, port: int, stype: int, passive: bo
         conn._fail(_e.RESOLVE, 0, f"getaddrinfo for {host} failed: {exc}", context)
 
 
-def _apply_options(context, sock: socket.socket, family: int, stype: int) -> None:
+def _apply_options(context: Context, sock: socket.socket, family: int, stype: int) -> None:
     so = context.socket
     try:
         if so.get("tcp_nodelay", True) and stype == socket.SOCK_STREAM and family != socket.AF_UNIX:
@@ -874,7 +955,7 @@ def _apply_options(context, sock: socket.socket, family: int, stype: int) -> Non
         raise _e.error(_e.SYSTEM, f"setsockopt failed: {exc.strerror}", exc.errno or 0) from None
 
 
-def _bind_local(context, sock: socket.socket, family: int, stype: int) -> None:
+def _bind_local(context: Context, sock: socket.socket, family: socket.AddressFamily, stype: int) -> None:
     host, port = context.bindto()
     if host is None and port < 0:
         return
@@ -900,7 +981,7 @@ def _bind_local(context, sock: socket.socket, family: int, stype: int) -> None:
         raise _e.error(_e.CONNECT, f"bindto {host or '*'}:{port} failed: {exc.strerror}", exc.errno or 0) from None
 
 
-def open_client(address: Address, context, tls: PureTLS | None) -> PureConnection:
+def open_client(address: Address, context: Context, tls: PureTLS | None) -> PureConnection:
     return PureConnection(address, context, tls)
 
 
@@ -918,12 +999,13 @@ def adopt(fd: int, address: Address) -> PureConnection:
     return PureConnection(address, DEFAULT_CONTEXT, None, sock=sock)
 
 
-def open_server(address: Address, context, tls: PureTLS | None) -> PureConnection:
+def open_server(address: Address, context: Context, tls: PureTLS | None) -> PureConnection:
     conn = PureConnection(address, context, tls, sock=None)
     stype = socket.SOCK_DGRAM if address.transport.datagram else socket.SOCK_STREAM
     backlog = context.socket.get("backlog", 32) or 32
     label = f"Unable to bind to {address}"
     if address.transport.local:
+        assert address.path is not None  # a unix or udg address always has its path
         sock = socket.socket(socket.AF_UNIX, stype | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             sock.bind(address.path.encode("utf-8", "surrogateescape"))

@@ -20,13 +20,22 @@ import collections
 import contextlib
 import functools
 import threading
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Mapping, Sequence, TypeAlias, TypeVar
 
 from .. import errors as _e
 from ..address import Address, Transport, ip_literal
 from ..certificate import Certificate, fingerprint_matches
 from .._resolve import resolve
 from ..starttls import Dialogue
-from .conn import DONE, WANT_READ, PureConnection, open_client
+from .conn import DONE, WANT_READ, PureConnection, error_code, open_client
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .._types import EngineRecord
+    from ..context import Context
+    from ..probe import ProbeOptions
+    from .tls import PureTLS
 
 TICKET_WAIT_MIN = 0.050  # seconds, plus twice the handshake: as csrc/engine.c
 # Probes started per loop turn, as csrc/engine.c: the loop polls the sockets
@@ -38,6 +47,12 @@ STARTS_PER_TURN = 16
 # its clock running, while the caller is away.
 BATCH_WAIT = 0.010
 _NO_TIME = -1.0          # a phase not reached, as the C records say it
+
+_T = TypeVar("_T")
+#: A probe handed to the engine: index, address, TLS context of a tls:// target, TLS context after STARTTLS.
+_Queued: TypeAlias = "tuple[int, Address, PureTLS | None, PureTLS | None]"
+#: A TLS session's target: the TLS context's id, host, port and the name verified.
+_SessionKey: TypeAlias = "tuple[int, str | None, int | None, str | None]"
 
 
 class _EngineClock:
@@ -76,7 +91,7 @@ class _EngineClock:
             asyncio._set_running_loop(None)
 
     @contextlib.asynccontextmanager
-    async def timeout_at(self, when: float):
+    async def timeout_at(self, when: float) -> AsyncIterator[asyncio.Timeout]:
         """asyncio.timeout_at for a moment of this clock, moved on by any pause."""
         async with asyncio.timeout_at(when + self.stood_still) as timeout:
             self.timeouts.add(timeout)
@@ -90,14 +105,18 @@ class _Timeline:
     """One probe's clock: when each phase began, which deadline holds now, and
     the engine's words for a deadline that passed."""
 
-    def __init__(self, clock: _EngineClock, options) -> None:
+    def __init__(self, clock: _EngineClock, options: ProbeOptions) -> None:
         self.clock = clock
         self.start = clock.now()
         connect, handshake = options.phase_timeouts()
         self.total_at = self.start + options.timeout
         self.connect_at = min(self.total_at, self.start + connect)
         self.handshake_timeout = handshake
-        self.resolved = self.connected = self.tls_start = self.established = None
+        # When each phase began or ended (the clock's time), once reached.
+        self.resolved: float | None = None
+        self.connected: float | None = None
+        self.tls_start: float | None = None
+        self.established: float | None = None
         self.phase = "lookup"
         self.peer: _PeerCertificates | None = None  # once a TLS handshake ended
 
@@ -114,7 +133,7 @@ class _Timeline:
             return self.connect_at
         return min(self.total_at, self.connected + self.handshake_timeout)
 
-    async def within(self, awaitable):
+    async def within(self, awaitable: Awaitable[_T]) -> _T:
         try:
             async with self.clock.timeout_at(self.deadline()):
                 return await awaitable
@@ -127,7 +146,7 @@ class _Timeline:
 
     def times(self) -> tuple[float, float, float, float]:
         """(resolve, connect, handshake, total) in ms; -1 for a phase not reached."""
-        def span(a, b):
+        def span(a: float | None, b: float | None) -> float:
             return (b - a) * 1000 if a is not None and b is not None else _NO_TIME
         return (span(self.start, self.resolved), span(self.resolved, self.connected),
                 span(self.tls_start, self.established), (self.clock.now() - self.start) * 1000)
@@ -138,29 +157,37 @@ async def _ready(loop: asyncio.AbstractEventLoop, conn: PureConnection, want: in
     fd = conn.fileno()
     if fd < 0:
         raise _e.error(_e.CLOSED)
-    future = loop.create_future()
+    future: asyncio.Future[None] = loop.create_future()
     add, remove = (loop.add_reader, loop.remove_reader) if want == WANT_READ else (loop.add_writer, loop.remove_writer)
-    add(fd, lambda: future.done() or future.set_result(None))
+
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    add(fd, wake)
     try:
         await future
     finally:
         remove(fd)
 
 
-def _record(index: int, exc: _e.StreamSocketError, times: tuple, peer: _PeerCertificates | None = None) -> tuple:
+def _record(index: int, exc: _e.StreamSocketError, times: tuple[float, float, float, float],
+            peer: _PeerCertificates | None = None) -> EngineRecord:
     """A failed probe's record, laid out as the C engine's (see _native.engine.Engine.take)."""
     certs, (verify_result, reason, name_matched), _ = peer if peer is not None else ([], (None, None, None), b"")
-    return (index, False, _e.CODE_BY_NAME.get(exc.code, _e.SYSTEM), exc.errno or 0, verify_result,
+    return (index, False, error_code(exc, _e.SYSTEM), exc.errno or 0, verify_result,
             str(exc), "", "", "", "", "", False, *times, b"", certs, name_matched, reason,
             peer[2] if peer is not None else b"")
 
 
-_PeerCertificates = tuple  # (list of Certificate, (verify result, its words, name matched), ServerHello body)
+#: What a TLS peer sent and how far it would be trusted: its certificates, (verify result,
+#: its words, name matched), and the body of its ServerHello.
+_PeerCertificates: TypeAlias = "tuple[list[Certificate], tuple[int | None, str | None, bool | None], bytes]"
 
 
 def _peer_certificates(conn: PureConnection, chain: bool) -> _PeerCertificates:
     """What a TLS connection's peer sent, and how far it would be trusted."""
-    certs = []
+    certs: list[Certificate] = []
     for der in conn.peer_certs(chain):
         try:
             certs.append(Certificate(der))
@@ -172,14 +199,14 @@ def _peer_certificates(conn: PureConnection, chain: bool) -> _PeerCertificates:
 class Engine:
     """Probes as tasks, at most ``options.concurrency`` at once."""
 
-    def __init__(self, options, context) -> None:
+    def __init__(self, options: ProbeOptions, context: Context) -> None:
         self.options = options
         self.context = context
-        self.pins = context.ssl.get("peer_fingerprint")
-        self.sessions: dict = {}
-        self.queued: collections.deque = collections.deque()  # (index, address, tls, starttls_tls)
-        self.running: set[asyncio.Task] = set()
-        self.results: list[tuple] = []
+        self.pins: str | Mapping[str, str] | None = context.ssl.get("peer_fingerprint")
+        self.sessions: dict[_SessionKey, ssl.SSLSession] = {}
+        self.queued: collections.deque[_Queued] = collections.deque()
+        self.running: set[asyncio.Task[EngineRecord]] = set()
+        self.results: list[EngineRecord] = []
         self.cond = threading.Condition()
         self.tokens = 1.0
         self.loop = asyncio.new_event_loop()
@@ -188,7 +215,7 @@ class Engine:
         self.pump_later: asyncio.TimerHandle | None = None
         self.pump_next_turn = False  # a _pump is scheduled for the loop's next turn
         self.draining = False  # take() is about to return: no new probe starts
-        self.wakeup: asyncio.Future | None = None
+        self.wakeup: asyncio.Future[None] | None = None
         self.thread: threading.Thread | None = None
         if _running_loop() is not None:  # our loop cannot run inside the caller's
             self.thread = threading.Thread(target=self.loop.run_forever, name="streamsock-probe", daemon=True)
@@ -196,14 +223,14 @@ class Engine:
 
     # -- the surface probe() drives ----------------------------------------------------------
 
-    def add(self, index: int, address: Address, tls, starttls_tls) -> None:
+    def add(self, index: int, address: Address, tls: PureTLS | None, starttls_tls: PureTLS | None) -> None:
         item = (index, address, tls, starttls_tls)
         if self.thread is None:
             self.queued.append(item)
         else:
             self.loop.call_soon_threadsafe(self._enqueue, item)
 
-    def take(self, timeout_ms: int) -> list[tuple]:
+    def take(self, timeout_ms: int) -> list[EngineRecord]:
         """Finished probes, waiting up to ``timeout_ms`` for the first."""
         if self.thread is None:
             if not self.results:
@@ -243,7 +270,7 @@ class Engine:
 
     # -- scheduling, on the loop ---------------------------------------------------------------
 
-    def _enqueue(self, item: tuple) -> None:
+    def _enqueue(self, item: _Queued) -> None:
         self.queued.append(item)
         self._pump()
 
@@ -306,7 +333,7 @@ class Engine:
             return 0.0
         return (1 - self.tokens) / rate
 
-    def _finished(self, index: int, task: asyncio.Task) -> None:
+    def _finished(self, index: int, task: asyncio.Task[EngineRecord]) -> None:
         self.running.discard(task)
         if task.cancelled():
             return
@@ -321,7 +348,7 @@ class Engine:
             self.wakeup.set_result(None)
         self._pump_next_turn()  # with the other slots freed this turn: one batch of starts
 
-    def _crashed(self, index: int, task: asyncio.Task, exc: Exception) -> tuple:
+    def _crashed(self, index: int, task: asyncio.Task[EngineRecord], exc: Exception) -> EngineRecord:
         """The record of a probe that raised what no probe should: a failed
         record all the same, so the target is reported and the scan goes on."""
         self.loop.call_exception_handler({"message": "probe failed unexpectedly", "exception": exc, "task": task})
@@ -339,9 +366,10 @@ class Engine:
 
     # -- one probe ---------------------------------------------------------------------------------
 
-    async def _probe(self, index: int, a: Address, tls, starttls_tls) -> tuple:
+    async def _probe(self, index: int, a: Address, tls: PureTLS | None, starttls_tls: PureTLS | None
+                     ) -> EngineRecord:
         clock = _Timeline(self.clock, self.options)
-        conn = None
+        conn: PureConnection | None = None
         try:
             try:
                 conn = await self._connect(clock, a, tls)
@@ -352,17 +380,17 @@ class Engine:
             except _e.StreamSocketError as exc:
                 return _record(index, exc, clock.times(), clock.peer)
             banner = await self._after(clock, conn, a, tls or starttls_tls, greeting[: self.options.banner])
-            info = conn.tls_info() if conn.is_tls else {}
+            info = conn.tls_info()  # a plaintext connection's has empty fields
             certs, (verify_result, reason, name_matched), server_hello = clock.peer or ([], (None, None, None), b"")
-            return (index, True, _e.OK, 0, verify_result, "", conn.name(True), info.get("protocol", ""),
-                    info.get("cipher_name", ""), info.get("group") or "", info.get("alpn_protocol") or "",
-                    bool(info.get("session_reused")), *clock.times(), banner, certs, name_matched, reason,
+            return (index, True, _e.OK, 0, verify_result, "", conn.name(True), info["protocol"],
+                    info["cipher_name"], info["group"] or "", info["alpn_protocol"] or "",
+                    info["session_reused"], *clock.times(), banner, certs, name_matched, reason,
                     server_hello)
         finally:
             if conn is not None:
                 conn.close()
 
-    def _session_key(self, tls, a: Address) -> tuple:
+    def _session_key(self, tls: PureTLS, a: Address) -> _SessionKey:
         return (id(tls), a.host, a.port, self.context.peer_name(a))
 
     async def _drive(self, clock: _Timeline, conn: PureConnection) -> None:
@@ -383,9 +411,9 @@ class Engine:
             if not ders or not fingerprint_matches(ders[0], self.pins):
                 raise _e.error(_e.TLS_FINGERPRINT, "peer_fingerprint match failure")
 
-    async def _connect(self, clock: _Timeline, a: Address, tls) -> PureConnection:
+    async def _connect(self, clock: _Timeline, a: Address, tls: PureTLS | None) -> PureConnection:
         ctx = self.context
-        hosts = [a.host]
+        hosts: Sequence[str | None] = [a.host]
         if a.host is not None and ip_literal(a.host) is None:
             hosts = await clock.within(resolve(self.loop, a, None))
         clock.resolved = self.clock.now()
@@ -420,7 +448,7 @@ class Engine:
         raise last
 
     async def _read(self, conn: PureConnection, size: int) -> bytes:
-        while type(data := conn.read(size)) is not bytes:
+        while not isinstance(data := conn.read(size), bytes):
             await _ready(self.loop, conn, data)
         return data
 
@@ -433,8 +461,9 @@ class Engine:
             else:
                 await _ready(self.loop, conn, -n)
 
-    async def _starttls(self, clock: _Timeline, conn: PureConnection, a: Address, tls) -> bytes:
+    async def _starttls(self, clock: _Timeline, conn: PureConnection, a: Address, tls: PureTLS) -> bytes:
         """The dialogue, then TLS; returns the server's greeting."""
+        assert self.options.starttls is not None  # a STARTTLS context comes only with it (probe._tls_for)
         dialogue = Dialogue(self.options.starttls)
         ctx = self.context
         while not dialogue.ready:
@@ -452,7 +481,7 @@ class Engine:
         self._remember(conn, tls, a)
         return dialogue.greeting
 
-    def _remember(self, conn: PureConnection, tls, a: Address) -> bool:
+    def _remember(self, conn: PureConnection, tls: PureTLS | None, a: Address) -> bool:
         """Keeps the connection's TLS session for its target; True once kept (or nothing to keep)."""
         if not self.options.resume or tls is None or not conn.is_tls:
             return True
@@ -466,7 +495,8 @@ class Engine:
             del self.sessions[next(iter(self.sessions))]  # the oldest
         return True
 
-    async def _after(self, clock: _Timeline, conn: PureConnection, a: Address, tls, banner: bytes) -> bytes:
+    async def _after(self, clock: _Timeline, conn: PureConnection, a: Address, tls: PureTLS | None,
+                     banner: bytes) -> bytes:
         """Payload, banner and session ticket: whatever comes before the deadline, an error or EOF."""
         options = self.options
         try:
@@ -481,13 +511,15 @@ class Engine:
                         banner += data
             if tls is not None and not self._remember(conn, tls, a):
                 # TLS 1.3: the ticket follows the handshake; wait a little longer than a handshake.
-                spent = clock.established - (clock.tls_start or clock.established)
-                async with self.clock.timeout_at(min(clock.total_at, clock.established + 2 * spent + TICKET_WAIT_MIN)):
+                established = clock.established
+                assert established is not None  # _probe notes it before _after
+                spent = established - (clock.tls_start or established)
+                async with self.clock.timeout_at(min(clock.total_at, established + 2 * spent + TICKET_WAIT_MIN)):
                     while not self._remember(conn, tls, a):
                         want = conn.read(4096)  # takes in the ticket; data is not wanted any more
                         if want == b"":
                             break
-                        if type(want) is bytes:
+                        if isinstance(want, bytes):
                             await asyncio.sleep(0)  # a peer that never stops sending must not hold the loop
                         elif not self._remember(conn, tls, a):
                             await _ready(self.loop, conn, want)

@@ -8,10 +8,15 @@ import os
 import re
 import ssl
 import warnings
+from typing import TYPE_CHECKING
 
 from .. import errors as _e
 from ..address import ip_literal
 from .trust import TrustEvaluator
+
+if TYPE_CHECKING:
+    from ..certificate import Certificate
+    from ..context import TLSSettings
 
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
@@ -24,10 +29,10 @@ class PureTLS:
 
     __slots__ = ("ssl_context", "checked_context", "settings", "sni", "_trust")
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings: TLSSettings) -> None:
         self.settings = settings
         self.sni: list[tuple[str, ssl.SSLContext]] = []
-        self.checked_context = None
+        self.checked_context: ssl.SSLContext | None = None  # a client's that checks the name in the handshake
         self._trust: TrustEvaluator | None = None
         try:
             self.ssl_context = self._build(settings, settings.local_cert, settings.local_pk)
@@ -44,7 +49,7 @@ class PureTLS:
             raise _e.error(_e.TLS_CONFIG, "a TLS server needs local_cert (or SNI_server_certs)")
 
     @staticmethod
-    def _build(s, cert: str | None, key: str | None) -> ssl.SSLContext:
+    def _build(s: TLSSettings, cert: str | None, key: str | None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if s.server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # names are checked per connection (peer_name, SNI_enabled)
         ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0) | ssl.OP_NO_RENEGOTIATION
@@ -94,8 +99,9 @@ class PureTLS:
             self._trust = TrustEvaluator(self.settings)
         return self._trust
 
-    def _pick_certificate(self, ssl_object, server_name, _ctx):
-        ssl_object.streamsock_sni = server_name
+    def _pick_certificate(self, ssl_object: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        # Our own mark on Python's object, which declares no such attribute: tls_info reads it back.
+        ssl_object.streamsock_sni = server_name  # type: ignore[attr-defined]
         if server_name:
             for pattern, ctx in self.sni:
                 if _name_matches(pattern, server_name):
@@ -159,7 +165,7 @@ def _verify_text(code: int, message: str) -> str:
     return message
 
 
-def cert_matches(cert, name: str) -> bool:
+def cert_matches(cert: Certificate, name: str) -> bool:
     """RFC 6125 as OpenSSL does it: SAN first (CN only without SAN), one-label
     wildcards, IP literals against IP SANs."""
     ip = ip_literal(name)

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..context import TLSSettings
 
 _HANDSHAKE = 22
 _SERVER_HELLO = 2
@@ -91,7 +95,7 @@ class TrustEvaluator:
     """Verifies chains against the CA store a TLSSettings names (cafile,
     capath, or the system's), as the native backend's context does."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings: TLSSettings) -> None:
         self._settings = settings
         self._chain_context: ssl.SSLContext | None = None
 
