@@ -221,6 +221,18 @@ def test_against_openssl_s_server(backend, pki):
             assert s.crypto["alpn_protocol"] == "h2"
 
 
+def test_tls_info_mid_handshake_reports_nothing_yet(backend, silent_server):
+    """A tls:// stream connected asynchronously, its handshake waiting for a
+    server that never answers: what it reports is empty, not an error."""
+    with backend.client(f"tls://127.0.0.1:{silent_server.port}", timeout=5,
+                        flags=ss.CLIENT_ASYNC_CONNECT) as s:
+        assert s.read_nowait() is None  # connected, the ClientHello sent, no answer
+        assert s.tls_info == {"protocol": "", "cipher_name": "", "cipher_bits": 0, "cipher_version": "",
+                              "alpn_protocol": None, "group": None, "server_name": None,  # no SNI for an IP
+                              "session_reused": False}
+        assert s.crypto is None and "crypto" not in s.meta
+
+
 def test_handshake_timeout_against_a_silent_server(backend, silent_server):
     start = time.monotonic()
     with pytest.raises(ss.TimeoutError) as info:

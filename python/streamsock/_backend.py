@@ -25,7 +25,7 @@ from .address import Address, AddressBatch, Transport, join
 from .errors import AddressError
 from .certificate import Certificate
 from .context import Context, TLSSettings, check_version_range
-from ._types import BytesLike, EngineRecord, ErrorRecord, TLSInfo
+from ._types import BytesLike, EngineRecord, ErrorContext, ErrorRecord, TLSInfo
 
 if TYPE_CHECKING:
     from .probe import ProbeOptions, ProbeRun
@@ -44,8 +44,6 @@ DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 #: A backend's compiled TLS settings (``compile_tls``): opaque above the
 #: boundary, handed back only to the backend that made it.
 CompiledTLS: TypeAlias = Any
-#: What a raised error's message starts with: words, or (words, address).
-ErrorContext: TypeAlias = "str | tuple[str, object] | None"
 
 
 class Connection(Protocol):

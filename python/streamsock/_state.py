@@ -23,7 +23,8 @@ from .certificate import Certificate
 from .context import Context
 
 if TYPE_CHECKING:
-    from ._backend import Backend, Connection, ErrorContext
+    from ._backend import Backend, Connection
+    from ._types import ErrorContext
 
 CHUNK = 8192  # PHP reads sockets in 8 KiB chunks
 READ_CAP = 262144  # bytes a driver takes from the connection per call at most, however large the read

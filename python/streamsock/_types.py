@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING, NotRequired, TypeAlias, TypedDict
 if TYPE_CHECKING:
     from .certificate import Certificate
 
-__all__ = ["BytesLike", "CryptoInfo", "EngineRecord", "ErrorRecord", "StreamMeta", "TLSInfo"]
+__all__ = ["BytesLike", "CryptoInfo", "EngineRecord", "ErrorContext", "ErrorRecord", "StreamMeta", "TLSInfo"]
 
 #: What a write accepts: any contiguous bytes-like object (collections.abc.Buffer from 3.12).
 BytesLike: TypeAlias = bytes | bytearray | memoryview
+
+#: What a raised error's message starts with: words, or (words, address) formatted only when an error happens.
+ErrorContext: TypeAlias = "str | tuple[str, object] | None"
 
 #: An error as (code, errno, message): the C core's ss_error_info_t, and the pure backend's equivalent.
 ErrorRecord: TypeAlias = tuple[int, int, str]

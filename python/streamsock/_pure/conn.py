@@ -43,7 +43,7 @@ from .tls import (
 )
 
 if TYPE_CHECKING:
-    from .._types import BytesLike, ErrorRecord, TLSInfo
+    from .._types import BytesLike, ErrorContext, ErrorRecord, TLSInfo
     from ..context import Context
 
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2
@@ -54,7 +54,6 @@ _VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0
 
 #: What a raised error's message starts with (``_backend.Connection``): words,
 #: or (words, address) formatted only when an error happens.
-ErrorContext: TypeAlias = "str | tuple[str, Address] | None"
 #: One of getaddrinfo's answers: family, type, protocol, canonical name, and the
 #: address as connect, bind and sendto take it (opaque to us).
 _AddrInfo: TypeAlias = "tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[object, ...]]"
