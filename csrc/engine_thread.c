@@ -24,6 +24,15 @@
 
 #include "internal.h"
 
+/* Waits up to timeout_ms (-1: no limit) until the thread can go no further
+ * without the caller: a batch waits to be taken, and the thread's own is full
+ * (its runs hold finished probes back) or it has nothing left to drive.
+ * Returns 1 then, 0 on timeout or when nothing is left to take, or the error
+ * that stopped the thread. Not in the API: tests/c/engine_thread_driver.c
+ * declares it too and orders its steps on it, where a pause would only make
+ * a full batch likely. */
+int32_t ss__engine_thread_wait_stalled(ss_engine_thread_t *t, int32_t timeout_ms);
+
 #define BATCH_RECORDS 256
 #define BATCH_ARENA (2u << 20)
 #define ARENA_MIN (1u << 20) /* offered to every run, as one probe's data may need */
@@ -57,6 +66,7 @@ struct ss_engine_thread {
     int idle;            /* the thread waits on `work` */
     int starving;        /* the engine has nothing queued to start */
     int held_back;       /* the thread waits to publish its batch */
+    int filling_full;    /* and that batch is full: its runs hold finished probes back */
     int stopping;
     int32_t error;       /* what stopped the thread */
     /* The thread's alone: */
@@ -120,9 +130,12 @@ static void *drive(void *arg)
          * take() then wakes us: the engine's next run may otherwise sleep until
          * a deadline far off (a hanging lookup) with them unpublished. */
         t->held_back = t->filling->count != 0;
+        t->filling_full = batch_full(t->filling);
         t->starving = ss__engine_queued(t->engine) == 0;
+        /* Nothing more can happen without the caller (ss__engine_thread_wait_stalled). */
+        int stalled = t->ready->count && (t->filling_full || nothing_to_drive);
         if (nothing_to_drive) {
-            if (published)
+            if (published || stalled)
                 pthread_cond_signal(&t->results);
             t->idle = 1;
             pthread_cond_wait(&t->work, &t->lock);
@@ -130,7 +143,7 @@ static void *drive(void *arg)
             continue;
         }
         pthread_mutex_unlock(&t->lock);
-        if (published) /* after unlocking: the caller wakes to a free lock */
+        if (published || stalled) /* after unlocking: the caller wakes to a free lock */
             pthread_cond_signal(&t->results);
         int32_t rc = SS_OK;
         for (uint32_t i = 0; i < n; i++) {
@@ -268,11 +281,9 @@ int ss_engine_thread_add(ss_engine_thread_t *t, uint64_t id, ss_conn_t *conn, ss
     return SS_OK;
 }
 
-int32_t ss_engine_thread_take(ss_engine_thread_t *t, int32_t timeout_ms, const ss_probe_result_t **records,
-                              const unsigned char **arena)
+/* timeout_ms (when positive) from now on CLOCK_MONOTONIC, for pthread_cond_timedwait. */
+static struct timespec deadline(int32_t timeout_ms)
 {
-    if (getpid() != t->owner)
-        return SS_ERR_STATE;
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     if (timeout_ms > 0) {
@@ -283,6 +294,15 @@ int32_t ss_engine_thread_take(ss_engine_thread_t *t, int32_t timeout_ms, const s
             until.tv_nsec -= 1000000000;
         }
     }
+    return until;
+}
+
+int32_t ss_engine_thread_take(ss_engine_thread_t *t, int32_t timeout_ms, const ss_probe_result_t **records,
+                              const unsigned char **arena)
+{
+    if (getpid() != t->owner)
+        return SS_ERR_STATE;
+    struct timespec until = deadline(timeout_ms);
     pthread_mutex_lock(&t->lock);
     t->taken->count = t->taken->arena_used = 0; /* given back */
     while (!t->ready->count && !t->error && t->unreported && timeout_ms != 0) {
@@ -314,4 +334,36 @@ int32_t ss_engine_thread_take(ss_engine_thread_t *t, int32_t timeout_ms, const s
     *records = t->taken->records;
     *arena = t->taken->arena;
     return n;
+}
+
+int32_t ss__engine_thread_wait_stalled(ss_engine_thread_t *t, int32_t timeout_ms)
+{
+    if (getpid() != t->owner)
+        return SS_ERR_STATE;
+    struct timespec until = deadline(timeout_ms);
+    int32_t rc = 0;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        if (t->error) {
+            rc = t->error;
+            break;
+        }
+        if (!t->unreported)
+            break;
+        /* `ready` is only filled at the top of the thread's loop, in the
+         * same hold of the lock that sets filling_full (and idle): these
+         * never describe a batch already taken. */
+        if (t->ready->count && (t->filling_full || t->idle)) {
+            rc = 1;
+            break;
+        }
+        if (timeout_ms == 0)
+            break;
+        if (timeout_ms < 0)
+            pthread_cond_wait(&t->results, &t->lock);
+        else if (pthread_cond_timedwait(&t->results, &t->lock, &until) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return rc;
 }

@@ -2,40 +2,44 @@
  * Drives ss_engine_thread from C, for test_engine_thread_c.py under
  * ThreadSanitizer: COUNT TLS probes to HOST:PORT (verified against CAFILE
  * with the name "localhost"; CAFILE "-": plain TCP connects), at most
- * CONCURRENCY at once, all added up
- * front; the caller stops for PAUSE_MS after its first batch, so finished
- * probes pile up beyond what the batches hold and the engine holds them
- * back. Prints "probes P ok K duplicates D after_pause A" (A: what the two
- * takes after the pause got) and exits 0 when every probe came back once, 1
- * otherwise.
+ * CONCURRENCY at once, all added up front. The caller falls behind: after
+ * each of its first STALLS batches it waits until the engine can go no
+ * further without it (ss__engine_thread_wait_stalled: a batch waits to be
+ * taken and the thread's own is full, its runs holding finished probes back,
+ * or nothing is left to drive). Waiting for that event rather than for a
+ * while makes what the caller then finds certain: with STALLS 2 and enough
+ * probes, the next two takes get two full batches, the one published when
+ * the first stall ended and the one the engine filled meanwhile. (The batch
+ * published right after the caller's first take holds whatever the engine's
+ * run had then, often less than a full batch.) Prints "probes P ok K
+ * duplicates D after_stall A" (A: what the two takes after the last stall
+ * got) and exits 0 when every probe came back once, 1 otherwise.
  *
- *   engine_thread_driver PORT CAFILE COUNT CONCURRENCY PAUSE_MS HOST
+ *   engine_thread_driver PORT CAFILE COUNT CONCURRENCY STALLS HOST
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/ssl.h>
 
 #include "streamsock.h"
 
-static void pause_ms(long ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
+/* csrc/engine_thread.c, outside the API: 1 once the engine thread can go no
+ * further without its caller, 0 on timeout, or the thread's error. */
+int32_t ss__engine_thread_wait_stalled(ss_engine_thread_t *t, int32_t timeout_ms);
+
+#define STALL_TIMEOUT_MS 120000 /* only a failure waits this long */
 
 int main(int argc, char **argv)
 {
     if (argc != 7) {
-        fprintf(stderr, "usage: engine_thread_driver PORT CAFILE COUNT CONCURRENCY PAUSE_MS HOST\n");
+        fprintf(stderr, "usage: engine_thread_driver PORT CAFILE COUNT CONCURRENCY STALLS HOST\n");
         return 2;
     }
-    int port = atoi(argv[1]), count = atoi(argv[3]), concurrency = atoi(argv[4]);
-    long pause = atol(argv[5]);
-    if (count < 1 || count > 1000000 || concurrency < 1) {
-        fprintf(stderr, "COUNT must be 1..1000000 and CONCURRENCY >= 1\n");
+    int port = atoi(argv[1]), count = atoi(argv[3]), concurrency = atoi(argv[4]), stalls = atoi(argv[5]);
+    if (count < 1 || count > 1000000 || concurrency < 1 || stalls < 0) {
+        fprintf(stderr, "COUNT must be 1..1000000, CONCURRENCY >= 1 and STALLS >= 0\n");
         return 2;
     }
     ss_error_info_t err;
@@ -81,7 +85,7 @@ int main(int argc, char **argv)
     }
     ss_tls_ctx_free(tls); /* the conns hold their own references */
     unsigned char *seen = calloc((unsigned)count, 1);
-    int taken = 0, ok = 0, duplicates = 0, after_pause = 0;
+    int taken = 0, ok = 0, duplicates = 0, batches = 0, after_stall = 0;
     for (int round = 0; taken < count && round < 10000; round++) {
         const ss_probe_result_t *records;
         const unsigned char *arena;
@@ -96,14 +100,22 @@ int main(int argc, char **argv)
                 duplicates++;
             ok += records[i].ok;
         }
-        if (taken == 0 && n > 0)
-            pause_ms(pause);
-        else if (round <= 2)
-            after_pause += n; /* the two batches that waited: full when the engine held more back */
         taken += n;
+        if (n == 0)
+            continue; /* none in time: take again */
+        batches++;
+        if (batches > stalls && batches <= stalls + 2)
+            after_stall += n; /* the two batches that waited */
+        if (batches <= stalls && taken < count) {
+            int32_t rc = ss__engine_thread_wait_stalled(engine, STALL_TIMEOUT_MS);
+            if (rc != 1) {
+                fprintf(stderr, "the engine did not stall after batch %d: %d\n", batches, rc);
+                break;
+            }
+        }
     }
     ss_engine_thread_free(engine);
     free(seen);
-    printf("probes %d ok %d duplicates %d after_pause %d\n", taken, ok, duplicates, after_pause);
+    printf("probes %d ok %d duplicates %d after_stall %d\n", taken, ok, duplicates, after_stall);
     return taken == count && ok == count && duplicates == 0 ? 0 : 1;
 }
