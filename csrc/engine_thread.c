@@ -24,15 +24,6 @@
 
 #include "internal.h"
 
-/* Waits up to timeout_ms (-1: no limit) until the thread can go no further
- * without the caller: a batch waits to be taken, and the thread's own is full
- * (its runs hold finished probes back) or it has nothing left to drive.
- * Returns 1 then, 0 on timeout or when nothing is left to take, or the error
- * that stopped the thread. Not in the API: tests/c/engine_thread_driver.c
- * declares it too and orders its steps on it, where a pause would only make
- * a full batch likely. */
-int32_t ss__engine_thread_wait_stalled(ss_engine_thread_t *t, int32_t timeout_ms);
-
 #define BATCH_RECORDS 256
 #define BATCH_ARENA (2u << 20)
 #define ARENA_MIN (1u << 20) /* offered to every run, as one probe's data may need */

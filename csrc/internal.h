@@ -130,6 +130,16 @@ int64_t ss__cert_describe(X509 *cert, unsigned char *out, size_t cap);
 /* Probes queued and not started yet. */
 uint32_t ss__engine_queued(const ss_engine_t *engine);
 
+/* ---- engine_thread.c -------------------------------------------------- */
+
+/* Waits up to timeout_ms (-1: no limit) until the thread can go no further
+ * without the caller: a batch waits to be taken, and the thread's own is full
+ * (its runs hold finished probes back) or it has nothing left to drive.
+ * Returns 1 then, 0 on timeout or when nothing is left to take, or the error
+ * that stopped the thread. For tests (tests/c/engine_thread_driver.c), which
+ * order their steps on it where a pause would only make a full batch likely. */
+int32_t ss__engine_thread_wait_stalled(ss_engine_thread_t *t, int32_t timeout_ms);
+
 /* ---- sock.c ----------------------------------------------------------- */
 
 /* Looks up host:port for socktype; on failure records SS_ERR_RESOLVE. */

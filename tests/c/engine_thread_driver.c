@@ -23,11 +23,7 @@
 
 #include <openssl/ssl.h>
 
-#include "streamsock.h"
-
-/* csrc/engine_thread.c, outside the API: 1 once the engine thread can go no
- * further without its caller, 0 on timeout, or the thread's error. */
-int32_t ss__engine_thread_wait_stalled(ss_engine_thread_t *t, int32_t timeout_ms);
+#include "internal.h" /* ss__engine_thread_wait_stalled: outside the API */
 
 #define STALL_TIMEOUT_MS 120000 /* only a failure waits this long */
 
