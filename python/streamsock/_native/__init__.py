@@ -31,12 +31,13 @@ __all__ = [
 
 
 def openssl_version() -> str:
-    return ffi.string(lib.ss_openssl_version()).decode()
+    version: str = ffi.string(lib.ss_openssl_version()).decode()
+    return version
 
 
 def error_table() -> dict[int, tuple[str, str]]:
     """The C error table, as errors.ERROR_CODES lays out the Python one."""
-    table = {}
+    table: dict[int, tuple[str, str]] = {}
     for name in dir(lib):
         if name == "SS_OK" or name.startswith("SS_ERR_"):
             code = getattr(lib, name)

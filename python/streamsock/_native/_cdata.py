@@ -6,17 +6,25 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from .. import errors as _e
 from ._core import ffi
 
+if TYPE_CHECKING:
+    from ..address import Address
 
-def text(chars) -> str:
+#: What a raised error's message starts with: words, or (words, address) formatted only when raised.
+ErrorContext: TypeAlias = "str | tuple[str, Address] | None"
+
+
+def text(chars: Any) -> str:
     """A NUL-terminated char[] as text (undecodable bytes replaced)."""
-    return ffi.string(chars).decode("utf-8", "replace")
+    decoded: str = ffi.string(chars).decode("utf-8", "replace")
+    return decoded
 
 
-def raise_record(err, context: str | tuple | None = None):
+def raise_record(err: Any, context: ErrorContext = None) -> NoReturn:
     """Raises the exception for an ss_error_info_t."""
     raise _e.from_native(err.code, err.sys_errno, text(err.message), context=context,
                          verify_result=err.verify_result)
@@ -48,9 +56,10 @@ class Strings:
     __slots__ = ("keep",)
 
     def __init__(self) -> None:
-        self.keep: list = []
+        self.keep: list[Any] = []  # the char[] cdata made for this call
 
-    def __call__(self, value: str | bytes | None):
+    def __call__(self, value: str | bytes | None) -> Any:
+        """A char[] cdata holding ``value`` (NULL for None)."""
         if value is None:
             return ffi.NULL
         data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._types import ErrorRecord
 from ._cdata import raise_record, text, timeout_ms
 from ._core import ffi, lib
 from .conn import NativeConnection
@@ -31,13 +32,14 @@ class Acceptor:
         self._last_epoch = ffi.new("ss_error_info_t *")
 
     def fileno(self) -> int:
-        return lib.ss_acceptor_fd(self._h)
+        fd: int = lib.ss_acceptor_fd(self._h)
+        return fd
 
     def run(self, timeout: float | None) -> list[NativeConnection]:
         """Established connections, waiting up to ``timeout`` seconds (None: no
         limit) for the first; [] when the time ran out, a signal came or wake()
         was called."""
-        n = lib.ss_acceptor_run(self._h, timeout_ms(timeout), self._out, _BATCH)
+        n: int = lib.ss_acceptor_run(self._h, timeout_ms(timeout), self._out, _BATCH)
         if n > 0:
             out = self._out
             return [NativeConnection(out[i]) for i in range(n)]
@@ -48,14 +50,14 @@ class Acceptor:
 
     def next_timer(self) -> float | None:
         """Seconds until a run is due without any event, or None."""
-        ms = lib.ss_acceptor_next_timer(self._h)
+        ms: int = lib.ss_acceptor_next_timer(self._h)
         return None if ms < 0 else ms / 1000
 
     def counts(self) -> tuple[int, int]:
         """(failed handshakes, accept errors) so far: cheap, for every run."""
         return lib.ss_acceptor_stats(self._h, self._accept_errors, ffi.NULL, ffi.NULL), self._accept_errors[0]
 
-    def stats(self) -> tuple[int, int, tuple[int, int, str] | None, tuple[int, int, str] | None]:
+    def stats(self) -> tuple[int, int, ErrorRecord | None, ErrorRecord | None]:
         """(failed handshakes, accept errors, the last of each as (code, errno, message) or None)."""
         failures = lib.ss_acceptor_stats(self._h, self._accept_errors, self._last_handshake, self._last_accept)
         last_handshake, last_accept = self._last_handshake, self._last_accept
@@ -68,7 +70,7 @@ class Acceptor:
         reported by epoch_failure() and end a run; earlier ones are counted."""
         lib.ss_acceptor_begin(self._h)
 
-    def epoch_failure(self) -> tuple[int, int, str] | None:
+    def epoch_failure(self) -> ErrorRecord | None:
         """The last failed handshake of the current epoch as (code, errno, message), or None."""
         last = self._last_epoch
         if not lib.ss_acceptor_epoch_failures(self._h, last):

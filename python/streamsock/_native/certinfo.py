@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+from typing import Any
 
 from ..certificate import Certificate, Summary, ip_text
 from ._cdata import struct_of
@@ -29,8 +30,9 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def _san(raw) -> tuple[tuple[str, str], ...]:
-    out, at = [], 0
+def _san(raw: bytes) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    at = 0
     while at + 3 <= len(raw):
         kind, size = raw[at], raw[at + 1] | raw[at + 2] << 8
         value = bytes(raw[at + 3 : at + 3 + size])
@@ -43,9 +45,10 @@ def _san(raw) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def read_block(buffer, at: int) -> tuple[Certificate, int]:
-    """The Certificate described at buffer[at:], and where the next block starts.
-    Its summary is decoded from a copy of the block when first asked for."""
+def read_block(buffer: Any, at: int) -> tuple[Certificate, int]:
+    """The Certificate described at buffer[at:] (an ffi.buffer: its slices are bytes),
+    and where the next block starts. Its summary is decoded from a copy of the
+    block when first asked for."""
     block_len, der_off, der_len = _LENGTHS.unpack_from(buffer, at)
     block = buffer[at : at + block_len]
     return Certificate._from_summary(block[der_off : der_off + der_len], lambda: _summary(block)), at + block_len
@@ -68,7 +71,7 @@ def _summary(block: bytes) -> Summary:
     )
 
 
-def read_blocks(buffer, at: int, size: int) -> list[Certificate]:
+def read_blocks(buffer: Any, at: int, size: int) -> list[Certificate]:
     """Every block in buffer[at : at + size], in order."""
     certs, stop = [], at + size
     while at < stop:

@@ -10,25 +10,33 @@ data path, also one C call each.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeAlias
 
 from .. import errors as _e
 from .._deadline import deadline_after, time_left
+from .._types import BytesLike, TLSInfo
 from ..address import TRANSPORT_BY_CODE, Address
-from ._cdata import Strings, raise_record, text, timeout_ms
+from ._cdata import ErrorContext, Strings, raise_record, text, timeout_ms
 from ._core import ffi, lib
 
-DONE, WANT_READ, WANT_WRITE = lib.SS_DONE, lib.SS_WANT_READ, lib.SS_WANT_WRITE
-_IO_WANT = {lib.SS_IO_WANT_READ: WANT_READ, lib.SS_IO_WANT_WRITE: WANT_WRITE}
-_TIMEOUT = lib.SS_IO_TIMEOUT
-_INTERRUPTED = lib.SS_IO_INTERRUPTED
+if TYPE_CHECKING:
+    from ..context import Context
+
+DONE: int = lib.SS_DONE
+WANT_READ: int = lib.SS_WANT_READ
+WANT_WRITE: int = lib.SS_WANT_WRITE
+_IO_WANT: dict[int, int] = {lib.SS_IO_WANT_READ: WANT_READ, lib.SS_IO_WANT_WRITE: WANT_WRITE}
+_TIMEOUT: int = lib.SS_IO_TIMEOUT
+_INTERRUPTED: int = lib.SS_IO_INTERRUPTED
 _READ_CHUNK = 65536
-_STATE_NAMES = {
+_STATE_NAMES: dict[int, str] = {
     getattr(lib, name): name.removeprefix("SS_STATE_").lower() for name in dir(lib) if name.startswith("SS_STATE_")
 }
 _OPTIONS_CACHE_MAX = 256  # distinct (context, address, tls) option structs kept
 
 
-def _conn_options(address: Address, context, tls, s: Strings):
+def _conn_options(address: Address, context: Context, tls: Any, s: Strings) -> Any:
+    """An ss_conn_options_t for one use of ``context`` (its strings kept by ``s``)."""
     o = ffi.new("ss_conn_options_t *")
     o.transport = TRANSPORT_BY_CODE.index(address.transport)
     o.port = -1 if address.port is None else address.port
@@ -60,10 +68,12 @@ def _conn_options(address: Address, context, tls, s: Strings):
     return o
 
 
-_options_cache: dict[tuple, tuple] = {}
+#: (ss_conn_options_t, the strings it points to, the tls context it points to).
+_OptionsEntry: TypeAlias = tuple[Any, Strings, Any]
+_options_cache: dict[tuple[object, Address, Any], _OptionsEntry] = {}
 
 
-def cached_options(address: Address, context, tls):
+def cached_options(address: Address, context: Context, tls: Any) -> _OptionsEntry:
     """(ss_conn_options_t, the strings it points to, tls) for one use of a
     Context, built once: the C side copies what it keeps, so one struct serves
     every connection. Callers hold the whole entry during their call, so a
@@ -79,11 +89,11 @@ def cached_options(address: Address, context, tls):
     return entry
 
 
-_unpack = ffi.unpack
+_unpack: Callable[[Any, int], bytes] = ffi.unpack  # a char[]'s first n bytes
 _scratch = threading.local()
 
 
-def _read_buffer(size: int):
+def _read_buffer(size: int) -> Any:
     """This thread's buffer for reads (a read's bytes are copied out at once,
     so every connection of a thread shares one)."""
     buf = getattr(_scratch, "buf", None)
@@ -97,17 +107,18 @@ class NativeConnection:
 
     __slots__ = ("_h", "_status", "__weakref__")
 
-    def __init__(self, handle) -> None:
+    def __init__(self, handle: Any) -> None:
         self._h = ffi.gc(handle, lib.ss_conn_free)
-        self._status = None  # write_wait's out-parameter, made on its first use
+        self._status: Any = None  # write_wait's out-parameter (int32_t *), made on its first use
 
-    def _raise(self, context: str | tuple | None = None):
+    def _raise(self, context: ErrorContext = None) -> NoReturn:
         err = ffi.new("ss_error_info_t *")
         lib.ss_conn_error(self._h, err)
         raise_record(err, context)
 
     def fileno(self) -> int:
-        return lib.ss_conn_fd(self._h)
+        fd: int = lib.ss_conn_fd(self._h)
+        return fd
 
     @property
     def state(self) -> str:
@@ -117,8 +128,8 @@ class NativeConnection:
     def is_tls(self) -> bool:
         return bool(lib.ss_conn_is_tls(self._h))
 
-    def step(self, context: str | tuple | None = None) -> int:
-        rc = lib.ss_conn_step(self._h)
+    def step(self, context: ErrorContext = None) -> int:
+        rc: int = lib.ss_conn_step(self._h)
         if rc < 0:
             self._raise(context)
         return rc
@@ -127,7 +138,7 @@ class NativeConnection:
     # its handler runs (Ctrl-C raises KeyboardInterrupt here), and otherwise
     # the call goes on with the time that is left.
 
-    def run(self, timeout: float | None, context: str | tuple | None = None) -> None:
+    def run(self, timeout: float | None, context: ErrorContext = None) -> None:
         deadline = deadline_after(timeout)
         while (rc := lib.ss_conn_run(self._h, timeout_ms(timeout))) == _INTERRUPTED:
             timeout = time_left(deadline)
@@ -136,13 +147,14 @@ class NativeConnection:
 
     def wait(self, want: int, timeout: float | None) -> bool:
         deadline = deadline_after(timeout)
+        rc: int
         while (rc := lib.ss_conn_wait(self._h, want, timeout_ms(timeout))) == _INTERRUPTED:
             timeout = time_left(deadline)
         if rc < 0:
             self._raise()
         return rc == 1
 
-    def read(self, size: int):
+    def read(self, size: int) -> bytes | int:
         """bytes (b"" at end of stream), or WANT_READ / WANT_WRITE."""
         try:  # _read_buffer inlined: this is every read's path
             buf = _scratch.buf
@@ -150,7 +162,7 @@ class NativeConnection:
                 buf = _read_buffer(size)
         except AttributeError:
             buf = _read_buffer(size)
-        n = lib.ss_conn_read(self._h, buf, size)
+        n: int = lib.ss_conn_read(self._h, buf, size)
         if n > 0:
             return _unpack(buf, n)
         if n == 0:
@@ -163,7 +175,7 @@ class NativeConnection:
         """Blocks up to ``timeout`` seconds (None: no limit) for data: bytes
         (b"" at end of stream), or None when the time ran out."""
         buf = _read_buffer(size)
-        n = lib.ss_conn_read_wait(self._h, buf, size, timeout_ms(timeout))
+        n: int = lib.ss_conn_read_wait(self._h, buf, size, timeout_ms(timeout))
         if n == _INTERRUPTED:
             deadline = deadline_after(timeout)
             while n == _INTERRUPTED:
@@ -176,24 +188,24 @@ class NativeConnection:
             return None
         self._raise()
 
-    def write(self, data) -> int:
+    def write(self, data: BytesLike) -> int:
         """Bytes written (> 0), or -WANT_READ / -WANT_WRITE when nothing could be."""
         # cffi passes bytes as a char pointer without a copy; other buffers need from_buffer
-        n = lib.ss_conn_write(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data))
+        n: int = lib.ss_conn_write(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data))
         if n >= 0:
             return n
         if n in _IO_WANT:
             return -_IO_WANT[n]
         self._raise()
 
-    def write_wait(self, data, timeout: float | None) -> int:
+    def write_wait(self, data: BytesLike, timeout: float | None) -> int:
         """Writes all of ``data``, blocking up to ``timeout`` seconds; returns
         how much went out (less than all only when the time ran out)."""
         status = self._status
         if status is None:
             status = self._status = ffi.new("int32_t *")
-        n = lib.ss_conn_write_wait(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data),
-                                   timeout_ms(timeout), status)
+        n: int = lib.ss_conn_write_wait(self._h, data if type(data) is bytes else ffi.from_buffer(data), len(data),
+                                        timeout_ms(timeout), status)
         if status[0] == 0:
             return n
         deadline = deadline_after(timeout)
@@ -207,22 +219,22 @@ class NativeConnection:
             self._raise()
         return total
 
-    def recvfrom(self, size: int, peek: bool = False):
+    def recvfrom(self, size: int, peek: bool = False) -> tuple[bytes, str] | int:
         buf = ffi.new("char[]", max(size, 1))
         peer = ffi.new("char[]", 128)
         peer_len = ffi.new("uint32_t *")
-        n = lib.ss_conn_recvfrom(self._h, buf, size, peek, peer, 128, peer_len)
+        n: int = lib.ss_conn_recvfrom(self._h, buf, size, peek, peer, 128, peer_len)
         if n >= 0:
             return ffi.buffer(buf, n)[:], ffi.buffer(peer, peer_len[0])[:].decode("utf-8", "surrogateescape")
         if n in _IO_WANT:
             return _IO_WANT[n]
         self._raise()
 
-    def sendto(self, data, address: Address) -> int:
+    def sendto(self, data: BytesLike, address: Address) -> int:
         s = Strings()
         if address.path is not None:
             path = address.path.encode("utf-8", "surrogateescape")
-            n = lib.ss_conn_sendto(self._h, ffi.from_buffer(data), len(data), ffi.NULL, 0, s(path), len(path))
+            n: int = lib.ss_conn_sendto(self._h, ffi.from_buffer(data), len(data), ffi.NULL, 0, s(path), len(path))
         else:
             n = lib.ss_conn_sendto(
                 self._h, ffi.from_buffer(data), len(data), s(address.host), address.port or 0, ffi.NULL, 0
@@ -233,19 +245,20 @@ class NativeConnection:
             return -_IO_WANT[n]
         self._raise()
 
-    def recv_oob(self, size: int):
+    def recv_oob(self, size: int) -> bytes | int:
         """The pending urgent byte(s) (TCP MSG_OOB), or WANT_READ when announced and not yet here."""
         buf = ffi.new("char[]", max(size, 1))
-        n = lib.ss_conn_recv_oob(self._h, buf, size)
+        n: int = lib.ss_conn_recv_oob(self._h, buf, size)
         if n >= 0:
-            return ffi.buffer(buf, n)[:]
+            data: bytes = ffi.buffer(buf, n)[:]
+            return data
         if n in _IO_WANT:
             return _IO_WANT[n]
         self._raise()
 
-    def send_oob(self, data) -> int:
+    def send_oob(self, data: BytesLike) -> int:
         """Sends ``data`` with its last byte urgent (TCP MSG_OOB): the count, or -WANT_WRITE."""
-        n = lib.ss_conn_send_oob(self._h, ffi.from_buffer(data), len(data))
+        n: int = lib.ss_conn_send_oob(self._h, ffi.from_buffer(data), len(data))
         if n >= 0:
             return n
         if n in _IO_WANT:
@@ -262,7 +275,7 @@ class NativeConnection:
             return None
         return NativeConnection(handle)
 
-    def start_tls(self, tls, peer_name: str | None, verify_peer_name: bool, sni_enabled: bool,
+    def start_tls(self, tls: Any, peer_name: str | None, verify_peer_name: bool, sni_enabled: bool,
                   session_from: "NativeConnection | None" = None) -> None:
         s = Strings()
         session = session_from._h if session_from is not None else ffi.NULL
@@ -274,10 +287,10 @@ class NativeConnection:
             self._raise()
 
     def shutdown(self, how: int) -> bool:
-        rc = lib.ss_conn_shutdown(self._h, how)
+        rc: int = lib.ss_conn_shutdown(self._h, how)
         if rc < 0:
             self._raise()
-        return rc == lib.SS_DONE
+        return rc == DONE
 
     def interrupt(self) -> None:
         lib.ss_conn_interrupt(self._h)
@@ -286,16 +299,18 @@ class NativeConnection:
         lib.ss_conn_close(self._h)
 
     def pending(self) -> int:
-        return lib.ss_conn_pending(self._h)
+        n: int = lib.ss_conn_pending(self._h)
+        return n
 
     def name(self, peer: bool) -> str:
         out = ffi.new("char[]", 256)
         n = lib.ss_conn_name(self._h, peer, out, 256)
         if n < 0:
             return ""
-        return ffi.buffer(out, n)[:].decode("utf-8", "surrogateescape")
+        name: str = ffi.buffer(out, n)[:].decode("utf-8", "surrogateescape")
+        return name
 
-    def tls_info(self) -> dict:
+    def tls_info(self) -> TLSInfo:
         info = ffi.new("ss_tls_info_t *")
         lib.ss_conn_tls_info(self._h, info)
         return {
@@ -311,9 +326,9 @@ class NativeConnection:
 
     def peer_certs(self, chain: bool) -> list[bytes]:
         """DER of the peer's leaf (and, with chain, the rest it sent)."""
-        out = []
+        out: list[bytes] = []
         for index in range(64 if chain else 1):
-            size = lib.ss_conn_peer_cert(self._h, index, ffi.NULL, 0)
+            size: int = lib.ss_conn_peer_cert(self._h, index, ffi.NULL, 0)
             if size <= 0:
                 break
             buf = ffi.new("unsigned char[]", size)
@@ -322,7 +337,7 @@ class NativeConnection:
         return out
 
 
-def open_client(address: Address, context, tls) -> NativeConnection:
+def open_client(address: Address, context: Context, tls: Any) -> NativeConnection:
     err = ffi.new("ss_error_info_t *")
     entry = cached_options(address, context, tls)
     handle = lib.ss_conn_client(entry[0], err)
@@ -344,7 +359,7 @@ def adopt(fd: int, address: Address) -> NativeConnection:
     return NativeConnection(handle)
 
 
-def open_server(address: Address, context, tls) -> NativeConnection:
+def open_server(address: Address, context: Context, tls: Any) -> NativeConnection:
     s = Strings()
     err = ffi.new("ss_error_info_t *")
     handle = lib.ss_conn_server(_conn_options(address, context, tls, s), err)

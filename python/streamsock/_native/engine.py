@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
 from .. import errors as _e
+from .._types import EngineRecord
 from ..address import Address
 from ._cdata import raise_record, struct_of, timeout_ms
 from .certinfo import read_blocks, verify_reason
 from .conn import cached_options
 from ._core import ffi, lib
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..probe import ProbeOptions
 
 
 _RECORD = struct_of("ss_probe_result_t", (
@@ -44,7 +50,7 @@ class Engine:
     """An engine on its own C thread (ss_engine_thread_t): probes added as client
     conns, finished ones taken back in batches while the thread keeps driving."""
 
-    def __init__(self, options, context) -> None:
+    def __init__(self, options: ProbeOptions, context: Context) -> None:
         from ..certificate import parse_fingerprint_spec
         from ..starttls import PROTOCOLS
 
@@ -76,7 +82,7 @@ class Engine:
         self._arena = ffi.new("unsigned char **")
         self._err = ffi.new("ss_error_info_t *")  # one record for every add: adds come from one thread
 
-    def add(self, index: int, address: Address, tls, starttls_tls) -> None:
+    def add(self, index: int, address: Address, tls: Any, starttls_tls: Any) -> None:
         """Queues a probe of ``address``; ``tls`` for a TLS target, ``starttls_tls``
         for TLS after the options' STARTTLS dialogue."""
         entry = cached_options(address, self._context, tls)
@@ -90,13 +96,13 @@ class Engine:
         if rc < 0:  # the engine's thread stopped on an error
             raise _e.error(rc)
 
-    def take(self, timeout_ms: int) -> list[tuple]:
+    def take(self, timeout_ms: int) -> list[EngineRecord]:
         """Finished probes (waiting up to timeout_ms for the first) as tuples: (id, ok,
         error, sys_errno, verify_result, message, peer, protocol, cipher, group, alpn,
         session_reused, resolve_ms, connect_ms, handshake_ms, total_ms, banner, certs,
         name_matched, verify_reason, server_hello); texts "" and times -1 when absent, certs as Certificates;
         verify_result, name_matched and verify_reason None when no certificate was received."""
-        n = lib.ss_engine_thread_take(self._h, timeout_ms, self._records, self._arena)
+        n: int = lib.ss_engine_thread_take(self._h, timeout_ms, self._records, self._arena)
         if n < 0:
             raise _e.error(n)
         if n == 0:
@@ -105,7 +111,7 @@ class Engine:
         rows = _RECORD.iter_unpack(ffi.buffer(self._records[0], n * _RECORD.size))
         arena = ffi.buffer(self._arena[0], _ARENA_VIEW)
         names = _NAMES
-        out = []
+        out: list[EngineRecord] = []
         for (index, ok, error, sys_errno, verify_result, _state, session_reused, message, protocol, cipher, group,
              alpn, peer, resolve_ms, connect_ms, handshake_ms, total_ms, banner_off, banner_len, certs_off,
              certs_len, name_matched, server_hello_off, server_hello_len) in rows:

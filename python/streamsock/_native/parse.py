@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from array import array
 from itertools import accumulate
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 from .. import errors as _e
 from ..address import TRANSPORT_BY_CODE, Address, AddressBatch, Transport, check_errors_arg
@@ -38,10 +38,11 @@ def _code_of(transport: Transport) -> int:
 _AVAILABLE = tuple(t.value for t in Transport if lib.ss_transport_available(_code_of(t)) == 1)
 
 
-def _scratch():
+def _scratch() -> tuple[Any, memoryview]:
     """This thread's output record and a flat int view of it (calls run without the GIL)."""
     try:
-        return _local.scratch
+        scratch: tuple[Any, memoryview] = _local.scratch
+        return scratch
     except AttributeError:
         out = ffi.new("ss_address_t *")
         _local.scratch = scratch = (out, memoryview(ffi.buffer(out)).cast("i"))
@@ -52,7 +53,7 @@ def _char_offset(encoded: bytes, offset: int) -> int:
     return len(encoded[:offset].decode("utf-8", "surrogatepass"))
 
 
-def _build(text: str, encoded: bytes | None, f) -> Address:
+def _build(text: str, encoded: bytes | None, f: Sequence[int]) -> Address:
     """Address (or raise) from one record's fields ``f``, a flat int sequence.
     ``encoded`` is the text's UTF-8, or None when the text is ASCII and byte
     offsets are character offsets."""
@@ -116,7 +117,7 @@ class NativeAddressBatch(AddressBatch):
     def failed(self) -> int:
         return self._failed
 
-    def _item(self, index: int):
+    def _item(self, index: int) -> Address | _e.AddressError:
         chunk, i = divmod(index, _BATCH)
         text = self._texts[index]
         records = self._chunks[chunk][1]
@@ -125,9 +126,9 @@ class NativeAddressBatch(AddressBatch):
         except _e.AddressError as exc:
             return exc
 
-    def addresses(self, errors: str = "raise") -> list:
+    def addresses(self, errors: str = "raise") -> list[Address | _e.AddressError]:
         check_errors_arg(errors)
-        result: list = []
+        result: list[Address | _e.AddressError] = []
         for chunk_index, (all_ascii, records, failed) in enumerate(self._chunks):
             start = chunk_index * _BATCH
             texts = self._texts[start : start + _BATCH]
@@ -165,7 +166,7 @@ def _build_ascii_chunk(texts: list[str], records: memoryview) -> list[Address]:
     """The fast path of a batch: every text ASCII and valid."""
     it = iter(records.tolist())
     by_code = TRANSPORT_BY_CODE
-    out = []
+    out: list[Address] = []
     append = out.append
     for text, (_err, transport, port, _flags, off, length, _eo, _el) in zip(
         texts, zip(it, it, it, it, it, it, it, it)
@@ -177,7 +178,7 @@ def _build_ascii_chunk(texts: list[str], records: memoryview) -> list[Address]:
     return out
 
 
-def _build_chunk(texts: list[str], records: memoryview, errors: str, result: list) -> None:
+def _build_chunk(texts: list[str], records: memoryview, errors: str, result: list[Address | _e.AddressError]) -> None:
     flat = records.tolist()
     for i, text in enumerate(texts):
         try:
@@ -189,7 +190,7 @@ def _build_chunk(texts: list[str], records: memoryview, errors: str, result: lis
             result.append(exc)
 
 
-def parse_many(texts: Iterable[str], errors: str = "raise") -> list:
+def parse_many(texts: Iterable[str], errors: str = "raise") -> list[Address | _e.AddressError]:
     check_errors_arg(errors)
     return parse_batch(texts).addresses(errors)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._cdata import Strings, raise_record
 from ._core import ffi, lib
 
+if TYPE_CHECKING:
+    from ..context import TLSSettings
 
-def compile_tls(settings) -> object:
+
+def compile_tls(settings: TLSSettings) -> object:
     """An ss_tls_ctx_t for TLSSettings, owned by Python (freed with its last conn)."""
     s = Strings()
     o = ffi.new("ss_tls_options_t *")
