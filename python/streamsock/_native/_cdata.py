@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import Any, NoReturn
 
 from .. import errors as _e
+from .._types import ErrorContext
 from ._core import ffi
-
-if TYPE_CHECKING:
-    from ..address import Address
-
-#: What a raised error's message starts with: words, or (words, address) formatted only when raised.
-ErrorContext: TypeAlias = "str | tuple[str, Address] | None"
 
 
 def text(chars: Any) -> str:

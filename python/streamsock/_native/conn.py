@@ -16,7 +16,8 @@ from .. import errors as _e
 from .._deadline import deadline_after, time_left
 from .._types import BytesLike, TLSInfo
 from ..address import TRANSPORT_BY_CODE, Address
-from ._cdata import ErrorContext, Strings, raise_record, text, timeout_ms
+from .._types import ErrorContext
+from ._cdata import Strings, raise_record, text, timeout_ms
 from ._core import ffi, lib
 
 if TYPE_CHECKING:
