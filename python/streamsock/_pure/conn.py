@@ -326,9 +326,13 @@ class PureConnection:
         """Sends what TLS produced; False when the socket is full. A socket
         error propagates as OSError: the caller names the TLS operation."""
         data = self._unsent + self._out.read() if self._out is not None else self._unsent
+        if not data:
+            self._unsent = b""
+            return True
+        sock = self._live_sock()
         while data:
             try:
-                n = self._live_sock().send(data)
+                n = sock.send(data)
             except BlockingIOError:
                 self._unsent = data
                 return False
@@ -343,8 +347,9 @@ class PureConnection:
         """Moves socket input into TLS: DONE, or WANT_READ when none is waiting.
         A socket error propagates as OSError, as in _flush."""
         assert self._in is not None  # TLS is on
+        sock = self._live_sock()
         try:
-            data = self._live_sock().recv(_RECV)
+            data = sock.recv(_RECV)
         except BlockingIOError:
             return WANT_READ
         if data:
@@ -551,7 +556,9 @@ class PureConnection:
             del self._handback[:size]
             return handed_back
         if self._ssl is None:
-            sock = self._live_sock()
+            sock = self._sock
+            if sock is None:  # inline: the plaintext data path
+                raise _e.error(_e.CLOSED)
             try:
                 return sock.recv(size)
             except BlockingIOError:
@@ -604,7 +611,9 @@ class PureConnection:
         if self._ssl is not None and self._shutdown_sent:  # as a plain socket's after shutdown(SHUT_WR)
             self._fail(_e.SYSTEM, _errno.EPIPE, f"write failed: {os.strerror(_errno.EPIPE)}")
         if self._ssl is None:
-            sock = self._live_sock()
+            sock = self._sock
+            if sock is None:  # inline: the plaintext data path
+                raise _e.error(_e.CLOSED)
             try:
                 return sock.send(data)
             except BlockingIOError:
