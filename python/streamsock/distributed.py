@@ -27,9 +27,20 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypedDict
 
 from .context import Context
+
+# distributed leaves Client(), LocalCluster(), as_completed(), Client.nthreads and
+# Client.cancel unannotated: their calls below are marked type: ignore[no-untyped-call].
+if TYPE_CHECKING:
+    import argparse
+
+    import distributed
+    from distributed.deploy.cluster import Cluster
+
+    from ._backend import Backend
+    from .address import Address
 
 LOCAL = "local"  # the cluster: a LocalCluster on this machine, a worker process per core
 # A Dask worker wakes 50 times a second to check its event loop, samples its task's
@@ -57,34 +68,52 @@ class ShardReport:
     failed: int = 0
     handshakes: int = 0
     skipped: int = 0
-    outcomes: collections.Counter = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     seconds: float = 0.0
     cpu_seconds: float = 0.0   # the worker process's user + system time during the task
     worker_pid: int = 0
 
 
-def shard_path(output_dir: str | os.PathLike, shard: int, shards: int) -> str:
+class ShardSpec(TypedDict):
+    """What every shard's task is given (a plain dict, pickled to the workers)."""
+
+    targets: list[str]
+    files: list[str]                 # absolute paths
+    seed: int
+    backend: str | None              # None: the worker's default
+    scheme: str | None
+    port: int | None
+    options: dict[str, Any]          # probe()'s keyword arguments
+    output_dir: str                  # absolute path
+    ja4plus: bool
+    context: tuple[dict[str, Any], dict[str, Any]] | None  # a Context's ssl and socket options
+
+
+def shard_path(output_dir: str | os.PathLike[str], shard: int, shards: int) -> str:
     return os.path.join(os.fspath(output_dir), f"shard-{shard:04d}-of-{shards:04d}.jsonl")
 
 
-def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike = "", *, files: Sequence[str | os.PathLike] = (),
-          shards: int | None = None, cluster: Any = LOCAL, seed: int = 0, context: Context | None = None,
+def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike[str] = "", *,
+          files: Sequence[str | os.PathLike[str]] = (), shards: int | None = None,
+          cluster: str | distributed.Client | Cluster = LOCAL, seed: int = 0, context: Context | None = None,
           backend: str | None = None, scheme: str | None = None, port: int | None = None, retries: int = 2,
-          on_report=None, ja4plus: bool = False, **options) -> list[ShardReport]:
+          on_report: Callable[[ShardReport], object] | None = None, ja4plus: bool = False,
+          **options: Any) -> list[ShardReport]:
     """Probe ``targets`` then the lines of ``files`` (read on the workers,
     one target a line, blank lines and # comments skipped) as ``shards``
     tasks on ``cluster``: "local" (a worker process per core on this
-    machine), a scheduler's address ("tcp://host:8786") or a
-    ``distributed.Client``. ``shards`` defaults to the cluster's worker
-    threads. Shard i appends its records to ``output_dir/shard-i-of-n.jsonl``;
-    ``index`` is the position in the whole input. ``options`` are
-    :func:`streamsock.probe`'s (``concurrency``, ``timeout``, ...), for each
-    shard, except ``rate``, which is for the whole probe and is split between
-    the shards. ``scheme`` and ``port`` complete targets written without them,
-    as the command line's ``--scheme``/``--port``. A failed task is tried
-    ``retries`` more times; ``on_report(report)`` is called as each shard
-    ends. ``ja4plus`` adds JA4S and JA4X to the records (FoxIO License 1.1,
-    see :mod:`streamsock.ja4plus`). Returns a :class:`ShardReport` per shard."""
+    machine), a scheduler's address ("tcp://host:8786"), a
+    ``distributed.Client`` or a Dask cluster (:func:`local_cluster`).
+    ``shards`` defaults to the cluster's worker threads. Shard i appends
+    its records to ``output_dir/shard-i-of-n.jsonl``; ``index`` is the
+    position in the whole input. ``options`` are :func:`streamsock.probe`'s
+    (``concurrency``, ``timeout``, ...), for each shard, except ``rate``,
+    which is for the whole probe and is split between the shards. ``scheme``
+    and ``port`` complete targets written without them, as the command
+    line's ``--scheme``/``--port``. A failed task is tried ``retries`` more
+    times; ``on_report(report)`` is called as each shard ends. ``ja4plus``
+    adds JA4S and JA4X to the records (FoxIO License 1.1, see
+    :mod:`streamsock.ja4plus`). Returns a :class:`ShardReport` per shard."""
     from .shard import checked_seed
 
     checked_seed(seed)
@@ -98,7 +127,7 @@ def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike = "", *, fi
             raise ValueError(f"{name} is chosen for each task: leave it out")
     output_dir = os.path.abspath(os.fspath(output_dir))
     os.makedirs(output_dir, exist_ok=True)
-    spec = {
+    spec: ShardSpec = {
         "targets": list(targets), "files": [os.path.abspath(os.fspath(f)) for f in files], "seed": seed,
         "backend": backend, "scheme": scheme, "port": port, "options": options, "output_dir": output_dir,
         "ja4plus": ja4plus,
@@ -106,14 +135,14 @@ def probe(targets: Sequence[str] = (), output_dir: str | os.PathLike = "", *, fi
     }
     with _client(cluster) as client:
         if shards is None:
-            shards = max(1, sum(client.nthreads().values()))
+            shards = max(1, sum(client.nthreads().values()))  # type: ignore[no-untyped-call]
         if options.get("rate") is not None:
             spec["options"]["rate"] = options["rate"] / shards
         return _run(client, spec, shards, retries, on_report)
 
 
 @contextlib.contextmanager
-def _client(cluster: Any):
+def _client(cluster: str | distributed.Client | Cluster) -> Iterator[distributed.Client]:
     """A distributed.Client for ``cluster``; one this call started is closed again."""
     try:
         import distributed
@@ -123,25 +152,26 @@ def _client(cluster: Any):
         yield cluster
         return
     if cluster == LOCAL:
-        with local_cluster() as local, distributed.Client(local) as client:
+        with local_cluster() as local, distributed.Client(local) as client:  # type: ignore[no-untyped-call]
             yield client
         return
-    with distributed.Client(cluster) as client:
+    with distributed.Client(cluster) as client:  # type: ignore[no-untyped-call]
         yield client
 
 
-def local_cluster(workers: int | None = None):
+def local_cluster(workers: int | None = None) -> distributed.LocalCluster:
     """A Dask LocalCluster for probing: ``workers`` processes (default: one per
     core), each running one task at a time, so one engine per core."""
     import dask
     import distributed
 
     with dask.config.set(QUIET_WORKERS):  # handed on to the worker processes as they start
-        return distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                        processes=True, dashboard_address=None)
+        return distributed.LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
-def _run(client, spec: dict, shards: int, retries: int, on_report) -> list[ShardReport]:
+def _run(client: distributed.Client, spec: ShardSpec, shards: int, retries: int,
+         on_report: Callable[[ShardReport], object] | None) -> list[ShardReport]:
     import distributed
 
     run_id = uuid.uuid4().hex[:12]
@@ -149,17 +179,18 @@ def _run(client, spec: dict, shards: int, retries: int, on_report) -> list[Shard
                              retries=retries, pure=False) for index in range(shards)]
     reports: list[ShardReport] = []
     try:
-        for future in distributed.as_completed(futures):
-            report = future.result()
+        for future in distributed.as_completed(futures):  # type: ignore[no-untyped-call]
+            report: ShardReport = future.result()
             reports.append(report)
             if on_report is not None:
                 on_report(report)
     finally:
-        client.cancel(futures)  # when interrupted: nothing left running for a caller that has gone
+        # When interrupted: nothing left running for a caller that has gone.
+        client.cancel(futures)  # type: ignore[no-untyped-call]
     return sorted(reports, key=lambda r: r.shard)
 
 
-def probe_shard(spec: dict, index: int, shards: int) -> ShardReport:
+def probe_shard(spec: ShardSpec, index: int, shards: int) -> ShardReport:
     """Shard ``index`` of ``shards`` of the probe ``spec`` describes, in this
     process: its records appended to its file, once each, however often it runs."""
     from . import _backend
@@ -198,17 +229,17 @@ def probe_shard(spec: dict, index: int, shards: int) -> ShardReport:
     return report
 
 
-def _targets(spec: dict, backend) -> Iterator:
+def _targets(spec: ShardSpec, backend: Backend) -> Iterator[str | Address]:
     from .cli.main import read_lines
 
     lines = (read_lines(open(path, encoding="utf-8", errors="surrogateescape"), comments=True)
              for path in spec["files"])
-    targets: Iterable = itertools.chain(spec["targets"], itertools.chain.from_iterable(lines))
+    texts = itertools.chain(spec["targets"], itertools.chain.from_iterable(lines))
     if spec["scheme"] or spec["port"]:
         from .cli.probe import _defaults_applier
 
-        targets = map(_defaults_applier(backend, spec["scheme"], spec["port"]), targets)
-    return iter(targets)
+        return map(_defaults_applier(backend, spec["scheme"], spec["port"]), texts)
+    return texts
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -222,7 +253,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def read_records(output_dir: str | os.PathLike) -> Iterator[dict]:
+def read_records(output_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The records of every shard file in ``output_dir``, shard by shard
     (whole lines only: a record being written is left for later)."""
     import json
@@ -238,7 +269,7 @@ def read_records(output_dir: str | os.PathLike) -> Iterator[dict]:
 # --- streamsock probe --cluster ---------------------------------------------------------
 
 
-def run_cli(args) -> int:
+def run_cli(args: argparse.Namespace) -> int:
     """``streamsock probe --cluster ADDR [--shards N] -o DIR``: a line per shard as
     it ends, then a summary, on stderr; the records in DIR."""
     from .cli.main import UsageError, tls_client_context
@@ -253,7 +284,7 @@ def run_cli(args) -> int:
         raise UsageError("--cluster needs -o DIR: the directory for the shards' records (a file per shard)")
     if os.path.isfile(args.output):
         raise UsageError(f"-o {args.output}: with --cluster, a directory (a file per shard), not a file")
-    files = []
+    files: list[str] = []
     for f in args.file or ():
         if not isinstance(f.name, str) or f is sys.stdin or f.name == "<stdin>":
             raise UsageError("--cluster reads its targets from files (-f FILE) and arguments, not from stdin")

@@ -19,7 +19,7 @@ from .. import _backend
 from .. import errors as _e
 from ..certificate import Certificate
 from ..context import Context
-from ..stream import select
+from ..stream import Server, Stream, select
 
 _SMTP_GREETING = b"220 demo.local ESMTP streamsock demo\r\n"
 
@@ -27,7 +27,9 @@ _SMTP_GREETING = b"220 demo.local ESMTP streamsock demo\r\n"
 class _Serving:
     """A server of the active backend answering connections on a thread until closed."""
 
-    def __init__(self, server, handle: Callable, *, threads: int = 1) -> None:
+    def __init__(self, server: Server, handle: Callable[[Stream], None] | None, *, threads: int = 1) -> None:
+        """``handle(conn)`` serves an accepted client; a datagram server, which
+        echoes each datagram, has none."""
         self.server = server
         self.handle = handle
         self.stop = threading.Event()
@@ -63,7 +65,8 @@ class _Serving:
                 continue  # a client that failed its handshake
             with conn:
                 try:
-                    self.handle(conn)
+                    if self.handle is not None:
+                        self.handle(conn)
                 except _e.StreamSocketError:
                     pass
 
@@ -74,16 +77,31 @@ class _Serving:
         self.server.close()
 
 
-def _echo_line(conn) -> None:
+def _line(stream: Stream) -> bytes:
+    """The next line of a blocking ``stream`` (b"" at its end; only a
+    non-blocking stream has none yet)."""
+    line = stream.readline()
+    assert line is not None, "a blocking stream returned no line"
+    return line
+
+
+def _negotiated(stream: Stream) -> tuple[str, str]:
+    """The TLS protocol and cipher of ``stream``."""
+    crypto = stream.crypto
+    assert crypto is not None, "no TLS on the stream"
+    return crypto["protocol"], crypto["cipher_name"]
+
+
+def _echo_line(conn: Stream) -> None:
     conn.set_timeout(5)
-    conn.write(conn.readline())
+    conn.write(_line(conn))
 
 
-def _smtp(conn) -> None:
+def _smtp(conn: Stream) -> None:
     conn.set_timeout(5)
     conn.write(_SMTP_GREETING)
     while True:
-        line = conn.readline()
+        line = _line(conn)
         if not line or line.upper().startswith(b"QUIT"):
             conn.write(b"221 bye\r\n")
             return
@@ -96,7 +114,7 @@ def _smtp(conn) -> None:
             conn.write(b"250 " + line)
 
 
-def _just_handshake(conn) -> None:
+def _just_handshake(conn: Stream) -> None:
     pass  # accept() has completed the TLS handshake; closing is all that is left
 
 
@@ -110,11 +128,12 @@ def _timed(fn: Callable[[], str]) -> tuple[bool, str, float]:
     return ok, detail, (time.perf_counter() - start) * 1000
 
 
-def _client_checks(backend, addresses: dict, ctx: Context) -> list[tuple[str, bool, str, float]]:
+def _client_checks(backend: _backend.Backend, addresses: dict[str, str],
+                   ctx: Context) -> list[tuple[str, bool, str, float]]:
     def tcp() -> str:
         with backend.client(addresses["tcp"], timeout=5) as s:
             s.write(b"hello over tcp\n")
-            assert s.readline() == b"hello over tcp\n", "echo mismatch"
+            assert _line(s) == b"hello over tcp\n", "echo mismatch"
             return s.peer_name
 
     def udp() -> str:
@@ -126,29 +145,29 @@ def _client_checks(backend, addresses: dict, ctx: Context) -> list[tuple[str, bo
     def tls() -> str:
         with backend.client(addresses["tls"], timeout=5, context=ctx) as s:
             s.write(b"hello over tls\n")
-            assert s.readline() == b"hello over tls\n", "echo mismatch"
-            c = s.crypto
-            return f"{c['protocol']} {c['cipher_name']}"
+            assert _line(s) == b"hello over tls\n", "echo mismatch"
+            protocol, cipher = _negotiated(s)
+            return f"{protocol} {cipher}"
 
     def starttls() -> str:
         with backend.client(addresses["smtp"], timeout=5, context=ctx) as s:
-            assert s.readline() == _SMTP_GREETING, "no greeting"
+            assert _line(s) == _SMTP_GREETING, "no greeting"
             s.write(b"EHLO demo.client\r\n")
-            while not s.readline().startswith(b"250 "):
-                pass
+            while not (line := _line(s)).startswith(b"250 "):
+                assert line, "closed during EHLO"  # b"" again and again at the end: never the last line
             s.write(b"STARTTLS\r\n")
-            assert s.readline().startswith(b"220"), "STARTTLS refused"
+            assert _line(s).startswith(b"220"), "STARTTLS refused"
             s.enable_crypto(True)
             s.write(b"EHLO demo.client\r\n")
-            assert s.readline() == b"250 demo.local\r\n", "no EHLO over TLS"
+            assert _line(s) == b"250 demo.local\r\n", "no EHLO over TLS"
             s.write(b"QUIT\r\n")
-            s.readline()
-            return f"upgraded to {s.crypto['protocol']} in place"
+            _line(s)
+            return f"upgraded to {_negotiated(s)[0]} in place"
 
     def unix() -> str:
         with backend.client(addresses["unix"], timeout=5) as s:
             s.write(b"hello over unix\n")
-            assert s.readline() == b"hello over unix\n", "echo mismatch"
+            assert _line(s) == b"hello over unix\n", "echo mismatch"
             return "unix socket"
 
     rows = []
@@ -215,24 +234,24 @@ def run(out: TextIO, targets: int = 3000, concurrency: int = 100) -> int:
             key = "ok" if r.ok else (r.error_class or "error")
             outcome[key] = outcome.get(key, 0) + 1
         elapsed = time.perf_counter() - start
-        ok = outcome.get("ok", 0)
+        handshakes = outcome.get("ok", 0)
         summary = ", ".join(f"{n} {k}" for k, n in sorted(outcome.items()))
         out.write(f"probe: {len(probe_targets)} targets ({targets} TLS 1.3 handshakes, 10 closed ports) with "
                   f"the {active.name} backend, concurrency {concurrency}: {summary} "
-                  f"in {elapsed:.2f} s ({ok / elapsed:,.0f} handshakes/s)\n")
-        if ok != targets or outcome.get("ConnectError", 0) != 10:
+                  f"in {elapsed:.2f} s ({handshakes / elapsed:,.0f} handshakes/s)\n")
+        if handshakes != targets or outcome.get("ConnectError", 0) != 10:
             failures += 1
     out.write("\nall steps ok\n" if not failures else f"\n{failures} step(s) FAILED\n")
     return 0 if not failures else 1
 
 
-def _try(name: str):
+def _try(name: str) -> _backend.Backend | None:
     try:
         return _backend.get(name)
     except ImportError:
         return None
 
 
-def _closed_port(backend) -> int:
+def _closed_port(backend: _backend.Backend) -> int:
     with backend.server("tcp://127.0.0.1:0") as probe_port:
         return int(probe_port.local_name.rsplit(":", 1)[1])

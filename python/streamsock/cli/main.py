@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from typing import IO, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence, TypeAlias
 
 from .. import __version__, _backend
 from ..address import Address
@@ -59,7 +59,7 @@ def tls_client_context(args: argparse.Namespace) -> Context | None:
     """The Context for --cafile, --insecure, --peer-name/--sni, --pin and the
     options only probe has (--alpn, --cert/--key, --min-tls/--max-tls); None
     when none was given, so the defaults apply."""
-    ssl: dict = {}
+    ssl: dict[str, Any] = {}
     if args.cafile:
         ssl["cafile"] = args.cafile
     if args.peer_name:
@@ -136,13 +136,13 @@ def relay(stream: Stream, datagram_idle: float, idle_timeout: float | None = Non
     stream.set_blocking(False)  # both directions at once: never wait inside read or write
     try:
         while True:
-            readers: list = [stream]
+            readers: list[Stream | StdinFd] = [stream]
             if reading_stdin and outgoing_bytes < _RELAY_BACKLOG:
                 readers.append(stdin)
             datagram_done = datagram and not reading_stdin and not outgoing
-            idle = datagram_idle if datagram_done else idle_timeout
-            if datagram_done and idle_timeout is not None:
-                idle = min(idle, idle_timeout)
+            idle: float | None = idle_timeout
+            if datagram_done:
+                idle = datagram_idle if idle_timeout is None else min(datagram_idle, idle_timeout)
             readable, writable, _ = select(readers, [stream] if outgoing else [], [], idle)
             if idle is not None and not readable and not writable:
                 return datagram_done  # a datagram peer with nothing more to say, or the idle timeout
@@ -228,7 +228,7 @@ def escaped_bytes(text: str) -> bytes:
 # --- parse, demo, version --------------------------------------------------------------
 
 
-def _record(text: str, item: Address | AddressError) -> dict:
+def _record(text: str, item: Address | AddressError) -> dict[str, object]:
     if isinstance(item, AddressError):
         return {
             "input": text,
@@ -284,6 +284,8 @@ def _command_module(name: str) -> Callable[[argparse.Namespace], int]:
 
 # --- the parser -------------------------------------------------------------------------
 
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers() returns
+
 _ADDRESS_FILE = argparse.FileType("r", encoding="utf-8", errors="surrogateescape")
 
 
@@ -300,7 +302,7 @@ def _add_tls_client_options(p: argparse.ArgumentParser) -> None:
                    "(as `streamsock serve --self-signed` prints it) instead of a CA")
 
 
-def _add_probe_parser(sub) -> None:
+def _add_probe_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "probe",
         help="connect to many targets at once; one JSON line or summary line per target",
@@ -365,7 +367,7 @@ def _add_probe_parser(sub) -> None:
     p.set_defaults(func=_command_module("probe"))
 
 
-def _add_connect_parser(sub) -> None:
+def _add_connect_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "connect",
         help="connect and copy stdin to the stream and the stream to stdout (nc, openssl s_client)",
@@ -388,7 +390,7 @@ def _add_connect_parser(sub) -> None:
     p.set_defaults(func=_command_module("connect"))
 
 
-def _add_serve_parser(sub) -> None:
+def _add_serve_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "serve",
         help="listen on an address: echo every client, or pass one client's data to stdout (nc -l)",
@@ -462,8 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
+    func: Callable[[argparse.Namespace], int] = args.func  # set_defaults(func=...) of its subparser
     try:
-        return args.func(args)
+        return func(args)
     except (UsageError, AddressError) as exc:  # an address raised here is the ADDR argument's
         say(args.command, str(exc))
         return 2

@@ -20,13 +20,17 @@ import os
 import signal
 import sys
 import time
-from typing import IO, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator
 
+from .._backend import Backend
 from ..address import Address, Transport
 from .main import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
 from ..errors import AddressError
 from ..probe import ProbeResult, certificate_record, ja4x_of
 from ..resume import ResumeError
+
+if TYPE_CHECKING:
+    from ..resume import RecordedTargets
 
 _REDRAW_INTERVAL = 0.1      # the progress bar is redrawn at most 10 times a second
 _PLAIN_INTERVAL = 10.0      # a progress line when stderr is not a terminal
@@ -50,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     total = _count_targets(args.addresses, files) if args.shard is None else None  # a shard's size is unknown
     if total is not None and recorded is not None:
         total -= len(recorded)
-    targets = itertools.chain(args.addresses, *(read_lines(f, comments=True) for f in files))
+    lines: Iterator[str] = itertools.chain(args.addresses, *(read_lines(f, comments=True) for f in files))
+    targets: Iterable[str | Address] = lines
     if args.scheme or args.port:
-        targets = map(_defaults_applier(backend, args.scheme, args.port), targets)
+        targets = map(_defaults_applier(backend, args.scheme, args.port), lines)
     try:
         results = backend.probe(
             targets, concurrency=args.concurrency, timeout=args.timeout, context=context,
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if stats.failed == 0 else 1
 
 
-def _resume_from(args: argparse.Namespace):
+def _resume_from(args: argparse.Namespace) -> RecordedTargets | None:
     """The targets --resume FILE records (None without --resume). The records
     go on in FILE, in its format, unless -o names another file; a record the
     kill cut short is dropped from FILE first, so the next starts on a line of its own."""
@@ -115,7 +120,7 @@ def _stdin_text() -> IO[str]:
     return open(sys.stdin.fileno(), "r", encoding="utf-8", errors="surrogateescape", closefd=False)
 
 
-def _count_targets(addresses: list[str], files: list) -> int | None:
+def _count_targets(addresses: list[str], files: list[IO[str]]) -> int | None:
     """How many targets there are, when every input is an argument or a regular
     file (counted in a first quick pass); None for a pipe or a terminal."""
     total = len(addresses)
@@ -127,7 +132,7 @@ def _count_targets(addresses: list[str], files: list) -> int | None:
     return total
 
 
-def _defaults_applier(backend, scheme: str | None, port: int | None):
+def _defaults_applier(backend: Backend, scheme: str | None, port: int | None) -> Callable[[str], str | Address]:
     """A function that gives a target written without a transport ``scheme``
     and one without a port ``port``; anything else passes as it is (a target
     that does not parse is reported by the probe)."""
@@ -136,7 +141,7 @@ def _defaults_applier(backend, scheme: str | None, port: int | None):
     def apply(text: str) -> str | Address:
         stripped = text.strip()
         try:
-            address = backend.parse(stripped)
+            address: Address = backend.parse(stripped)
         except AddressError:
             return text
         if address.transport.local:
@@ -159,7 +164,7 @@ _JA4PLUS_FIELDS = ("ja4s", "ja4x")
 
 
 @contextlib.contextmanager
-def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult], None]]:
+def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult], object]]:
     """write(result) for the chosen format and destination. A file is opened
     for appending and each record goes out whole in one write, so a run that
     is killed leaves whole records only."""
@@ -174,7 +179,8 @@ def _record_writer(args: argparse.Namespace) -> Iterator[Callable[[ProbeResult],
     # Each result reaches a pipe's reader at once, even while the probe waits for
     # more input (`tail -f targets | streamsock probe -f -`); a flush costs less than
     # the encoding of the line.
-    out.reconfigure(line_buffering=True)
+    if isinstance(out, io.TextIOWrapper):  # stdout replaced by another kind of stream has no reconfigure
+        out.reconfigure(line_buffering=True)
     try:
         if kind == "csv":
             if out is sys.stdout or out.tell() == 0:  # a file appended to has its header

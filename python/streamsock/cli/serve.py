@@ -10,8 +10,9 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
+from typing import Callable
 
-from .. import aio
+from .. import _backend, aio
 from ..address import Address
 from ..certificate import Certificate
 from .main import ECHO_IDLE_TIMEOUT, StdinFd, UsageError, backend_for, relay, say
@@ -67,7 +68,8 @@ def _check_certificate_options(args: argparse.Namespace, address: Address) -> No
         raise UsageError(f"certificates are for ssl://, tls:// and tlsv1.x:// servers, not {scheme}://")
 
 
-def _server_context(args: argparse.Namespace, backend, cleanup: ExitStack) -> tuple[Context, str | None]:
+def _server_context(args: argparse.Namespace, backend: _backend.Backend,
+                    cleanup: ExitStack) -> tuple[Context, str | None]:
     """The server's Context and, for a fresh self-signed certificate, its SHA-256 fingerprint."""
     sock = {"backlog": args.backlog}
     if args.cert:
@@ -128,26 +130,27 @@ class EchoService:
     a new client is always served, however many idle ones hold connections.
     """
 
-    def __init__(self, backend, address: Address, context: Context | None, *, idle_timeout: float,
-                 max_connections: int, max_clients: int | None) -> None:
+    def __init__(self, backend: _backend.Backend, address: Address, context: Context | None, *,
+                 idle_timeout: float, max_connections: int, max_clients: int | None) -> None:
         self.backend = backend
         self.address = address
         self.context = context
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_clients = max_clients
-        self.clients: collections.OrderedDict[asyncio.Task, None] = collections.OrderedDict()  # idle longest first
+        # The clients' handlers, the one idle longest first.
+        self.clients: collections.OrderedDict[asyncio.Task[None], None] = collections.OrderedDict()
         self.served = 0
         self.all_served = asyncio.Event()
         self.failures_reported = 0
 
-    def run(self, announce) -> None:
+    def run(self, announce: Callable[[str], None]) -> None:
         try:
             asyncio.run(self._main(announce))
         except KeyboardInterrupt:
             pass  # Ctrl-C before the loop had its own handler in place
 
-    async def _main(self, announce) -> None:
+    async def _main(self, announce: Callable[[str], None]) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -217,10 +220,10 @@ def _serve_datagrams(server: Server, echo: bool, max_datagrams: int | None) -> N
     with stdin going to the latest sender."""
     stdin = None if echo else StdinFd()
     stdout = sys.stdout.buffer
-    latest_sender = None
+    latest_sender: str | None = None
     received = 0
     while max_datagrams is None or received < max_datagrams:
-        readers: list = [server]
+        readers: list[Server | StdinFd] = [server]
         if stdin is not None and latest_sender is not None:  # until someone writes, stdin has no one to go to
             readers.append(stdin)
         readable = select(readers, [], [], None)[0]
@@ -232,7 +235,7 @@ def _serve_datagrams(server: Server, echo: bool, max_datagrams: int | None) -> N
             else:
                 stdout.write(data)
                 stdout.flush()
-        if stdin is not None and stdin in readable:
+        if stdin is not None and latest_sender is not None and stdin in readable:  # (read once someone wrote)
             chunk = stdin.read(_CHUNK)
             if chunk:
                 server.sendto(chunk, latest_sender)
