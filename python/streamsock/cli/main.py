@@ -147,7 +147,7 @@ def relay(stream: Stream, datagram_idle: float, idle_timeout: float | None = Non
             if idle is not None and not readable and not writable:
                 return datagram_done  # a datagram peer with nothing more to say, or the idle timeout
             if stream in readable:
-                data = stream.read(_RELAY_CHUNK)
+                data = stream.read_nowait(_RELAY_CHUNK)  # None: readable, but no whole TLS record yet
                 if data == b"":
                     return True
                 if data:
