@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 import sys
+import weakref
 
 import pytest
+
+from streamsock.cli.main import Terminated
+from streamsock.cli.signals import StopOnSignal
 
 
 def streamsock(*args: str, stdin: str | None = None, backend: str | None = None) -> subprocess.CompletedProcess:
@@ -83,3 +89,64 @@ def test_demo_runs_every_transport_on_every_backend():
         assert row.count(" ok ") == 2, row  # native and pure
     assert "200 ok" in result.stdout and "10 ConnectError" in result.stdout
     assert lines[-1] == "all steps ok"
+
+
+def test_sigterm_in_the_middle_of_a_task_stops_the_event_loop_between_callbacks():
+    """SIGTERM that comes in the middle of a task's step (the pure backend's probe engine
+    runs its event loop in the command's main thread) is raised by the loop between two
+    callbacks: the step runs to its end, the task waits where it was, and the loop can
+    run again to cancel it and close. The summary's words and status are the signal's."""
+    steps = []
+
+    async def task_body(never: asyncio.Future) -> None:
+        signal.raise_signal(signal.SIGTERM)  # its handler runs before this call returns
+        steps.append("the rest of the step")
+        await never
+
+    before = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.new_event_loop()
+    try:
+        with StopOnSignal() as stop:
+            task = loop.create_task(task_body(loop.create_future()))
+            with pytest.raises(Terminated):
+                loop.run_until_complete(task)
+            assert steps == ["the rest of the step"] and not task.done()
+            assert asyncio._get_running_loop() is None  # the loop is not left marked running
+            task.cancel()
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            assert task.cancelled()
+            assert (stop.stopped_by, stop.exit_status) == ("SIGTERM", 143)
+    finally:
+        loop.close()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler in place before is back
+
+
+def test_ctrl_c_with_no_event_loop_running_raises_at_once():
+    with StopOnSignal() as stop:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            signal.raise_signal(signal.SIGINT)
+        assert type(raised.value) is KeyboardInterrupt
+        assert (stop.stopped_by, stop.exit_status) == ("Ctrl-C", 130)
+
+
+def test_a_stop_python_drops_in_a_weak_reference_callback_is_raised_at_the_next_check():
+    """A signal whose handler runs inside a weak reference's callback (asyncio keeps its
+    tasks in a WeakSet) raises there, and Python drops the exception; the command's next
+    safe point, between two results, raises the stop again."""
+    class Referent:
+        pass
+
+    dropped = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: dropped.append(unraisable.exc_type)
+    try:
+        with StopOnSignal() as stop:
+            referent = Referent()
+            watch = weakref.ref(referent, lambda _: signal.raise_signal(signal.SIGTERM))
+            del referent  # the callback runs here, and the signal's handler inside it
+            assert watch() is None and dropped == [Terminated]
+            with pytest.raises(Terminated):
+                stop.check()
+            assert (stop.stopped_by, stop.exit_status) == ("SIGTERM", 143)
+    finally:
+        sys.unraisablehook = hook

@@ -28,16 +28,9 @@ class UsageError(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that a
-    command stops the same clean way (its summary printed): exit status 143."""
-
-
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises Terminated in the main thread."""
-    def raise_terminated(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, raise_terminated)
+    """SIGTERM, raised as Ctrl-C raises KeyboardInterrupt, so that a command
+    stops the same clean way (its summary printed): exit status 143. See
+    signals.StopOnSignal."""
 
 
 # --- helpers the commands share ---------------------------------------------------------

@@ -17,14 +17,14 @@ import itertools
 import json
 import math
 import os
-import signal
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .._backend import Backend
 from ..address import Address, Transport
-from .main import Terminated, UsageError, backend_for, read_lines, stop_on_sigterm, tls_client_context
+from .main import UsageError, backend_for, read_lines, tls_client_context
+from .signals import StopOnSignal
 from ..errors import AddressError
 from ..probe import ProbeResult, certificate_record, ja4x_of
 from ..resume import ResumeError
@@ -69,25 +69,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     stats = Statistics()
     progress = Progress(sys.stderr, total=total, records_elsewhere=args.output is not None)
-    with _record_writer(args) as write:
-        stop_on_sigterm()  # SIGTERM too ends with the summary of what finished
+    # Ctrl-C and SIGTERM end with the summary of what finished.
+    with _record_writer(args) as write, StopOnSignal() as stop:
         try:
             for result in results:
                 stats.add(result)
                 write(result)
                 progress.update(stats, time.monotonic())
-        except KeyboardInterrupt as exc:
+                stop.check()  # a signal whose stop has not come through yet stops here
+        except KeyboardInterrupt:
             in_flight = results.in_flight
             results.close()  # stops the engine; what finished is still summed up
             progress.finish()
-            terminated = isinstance(exc, Terminated)
-            stats.report(sys.stderr, stopped_by="SIGTERM" if terminated else "Ctrl-C", total=total,
-                         in_flight=in_flight)
-            return 128 + signal.SIGTERM if terminated else 130
+            stats.report(sys.stderr, stopped_by=stop.stopped_by, total=total, in_flight=in_flight)
+            return stop.exit_status
         except ResumeError as exc:  # --resume FILE written for another input
             raise UsageError(str(exc)) from None
-    progress.finish()
-    stats.report(sys.stderr)
+        progress.finish()
+        stats.report(sys.stderr)
     return 0 if stats.failed == 0 else 1
 
 
