@@ -13,9 +13,8 @@ pass on: the signal is lost and the probe runs on. So while an event loop
 runs (or run_until_complete is starting or ending its run), the handler
 schedules the exception as a callback of that loop, which raises it between
 two callbacks, leaving the loop whole; anywhere else it raises at once, as
-Python's own Ctrl-C does. The signal is recorded as it
-comes: what stopped the command is the signal, whatever became of its
-exception on the way.
+Python's own Ctrl-C does. The signal is recorded as it comes: what stopped
+the command is the signal, whatever became of its exception on the way.
 """
 
 from __future__ import annotations
