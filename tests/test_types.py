@@ -76,23 +76,33 @@ def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tupl
     for index, example in enumerate(examples):
         (examples_dir / f"readme_example_{index}.py").write_text(as_module(example))
     package = Path(streamsock.__file__).resolve().parent
-    files = [str(package), str(TYPING / "user_script.py"), str(TYPING / "misuse.py"),
-             *(str(p) for p in sorted(examples_dir.glob("*.py")))]
-    cwd = package.parent
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes", "--no-color-output",
-         "--hide-error-context", "--no-error-summary", "--python-version", "3.11",
-         "--cache-dir", str(tmp_path_factory.mktemp("mypy_cache")), *files],
-        cwd=str(cwd), capture_output=True, text=True, timeout=600)
-    assert result.returncode in (0, 1), result.stderr + result.stdout  # 2: mypy itself failed
+    scripts = [str(TYPING / "user_script.py"), str(TYPING / "misuse.py"),
+               *(str(p) for p in sorted(examples_dir.glob("*.py")))]
+    if package.parent.name in ("site-packages", "dist-packages"):
+        # Installed (CI): the package as users' mypy finds it, through its py.typed,
+        # from a directory of its own (site-packages' other modules are not ours);
+        # mypy takes a package or files, so two runs.
+        cwd = tmp_path_factory.mktemp("mypy_cwd")
+        runs = [["-p", "streamsock"], scripts]
+    else:
+        cwd = package.parent  # the source tree (an editable install)
+        runs = [[str(package), *scripts]]
     report: dict[str, list[tuple[int, str, str]]] = {}
-    for line in result.stdout.splitlines():
-        found = re.match(r"(.+?):(\d+): error: (.*)  \[([a-z-]+)\]$", line)
-        if found:
-            name = (cwd / found.group(1)).resolve()  # mypy names files relative to its directory
-            report.setdefault(str(name), []).append((int(found.group(2)), found.group(4), found.group(3)))
-        elif ": error:" in line:
-            report.setdefault("<unparsed>", []).append((0, "", line))
+    for targets in runs:
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
+             "--no-color-output", "--hide-error-context", "--no-error-summary", "--python-version", "3.11",
+             "--python-executable", sys.executable, "--cache-dir", str(tmp_path_factory.mktemp("mypy_cache")),
+             *targets],
+            cwd=str(cwd), capture_output=True, text=True, timeout=600)
+        assert result.returncode in (0, 1), result.stderr + result.stdout  # 2: mypy itself failed
+        for line in result.stdout.splitlines():
+            found = re.match(r"(.+?):(\d+): error: (.*)  \[([a-z-]+)\]$", line)
+            if found:
+                name = (cwd / found.group(1)).resolve()  # mypy names files relative to its directory
+                report.setdefault(str(name), []).append((int(found.group(2)), found.group(4), found.group(3)))
+            elif ": error:" in line:
+                report.setdefault("<unparsed>", []).append((0, "", line))
     report["<examples>"] = [(0, "", str(examples_dir))]
     return report
 
