@@ -229,3 +229,23 @@ def test_no_ticket_on_tls13_still_resumes_from_the_server_cache(backend, pki):
                 assert tls.session_reused is (round_ == 1)
                 session = tls.session
             thread.join(10)
+
+
+@pytest.mark.parametrize("honor", [False, True])
+def test_honor_cipher_order_decides_whose_preference_wins(backend, rsa_server, honor):
+    """The client's order wins unless honor_cipher_order (as in PHP and OpenSSL;
+    Python's ssl would prefer the server's by default)."""
+    pem, cafile, _ = rsa_server
+    server_order = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
+    client_order = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
+    options = {"local_cert": pem, "ciphers": server_order, "honor_cipher_order": honor}
+    with backend.server("tls://127.0.0.1:0", context=ss.Context(ssl=options)) as srv:
+        accepted: list = []
+        thread = _serve(srv, accepted)
+        try:
+            _, cipher = _python_client(int(srv.local_name.rsplit(":", 1)[1]), cafile, ciphers=client_order)
+        finally:
+            thread.join(10)
+    expected = server_order.split(":")[0] if honor else client_order.split(":")[0]
+    assert cipher == expected
+    assert accepted[0]["cipher_name"] == expected

@@ -55,8 +55,12 @@ class PureTLS:
         ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0) | ssl.OP_NO_RENEGOTIATION
         if s.disable_compression:
             ctx.options |= ssl.OP_NO_COMPRESSION
+        # Python's ssl prefers the server's cipher order in every new context;
+        # OpenSSL, PHP and the C core the client's, unless asked.
         if s.honor_cipher_order:
             ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
         with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated, and asked for explicitly
             warnings.simplefilter("ignore", DeprecationWarning)
             if s.min_version:
