@@ -249,3 +249,17 @@ def test_honor_cipher_order_decides_whose_preference_wins(backend, rsa_server, h
     expected = server_order.split(":")[0] if honor else client_order.split(":")[0]
     assert cipher == expected
     assert accepted[0]["cipher_name"] == expected
+
+
+def test_default_suites_leave_out_rsa_key_exchange_until_asked(backend, rsa_server):
+    """A server that offers only AES128-SHA (RSA key exchange, SHA-1): refused by
+    the default list (forward secrecy, no SHA-1) on both backends; reached with
+    ``ciphers="DEFAULT"`` (the README's Differences from PHP)."""
+    pem, _, _ = rsa_server
+    base = {"verify_peer": False, "verify_peer_name": False}
+    with OpenSSLServer(pem, mode="www", tls_version="1.2", extra_args=("-cipher", "AES128-SHA")) as server:
+        address = f"tls://127.0.0.1:{server.port}"
+        with pytest.raises(ss.TLSError, match="handshake failure"):
+            backend.client(address, context=ss.Context(ssl=base), timeout=10)
+        with backend.client(address, context=ss.Context(ssl={**base, "ciphers": "DEFAULT"}), timeout=10) as s:
+            assert s.crypto is not None and s.crypto["cipher_name"] == "AES128-SHA"
