@@ -436,3 +436,25 @@ def test_live_targets_among_a_flood_of_dead_ones_are_not_starved(backend, separa
     # A starved engine made this 20-35x (p50 130-250 ms against 7 ms); the floor keeps a
     # busy machine's jitter on a few-ms figure from failing it.
     assert _handshake_p50(live_records) <= 2 * max(_handshake_p50(alone), 10.0)
+
+
+def test_a_pure_probe_cancelled_by_anything_but_close_is_still_reported(silent_server):
+    """Every target handed to the engine gets a record: a probe task ended by a
+    cancellation that close() did not make is a failed record, not a target the
+    caller waits for forever."""
+    from streamsock._pure.engine import Engine
+    from streamsock.probe import ProbeOptions
+
+    engine = Engine(ProbeOptions(concurrency=2, timeout=30, banner=10), ss.Context())
+    try:
+        engine.add(7, ss.parse(f"tcp://127.0.0.1:{silent_server.port}"), None, None)
+        deadline = time.monotonic() + 10
+        while not silent_server.connections and time.monotonic() < deadline:  # connected, waiting for a banner
+            assert engine.take(10) == []
+        assert silent_server.connections and len(engine.running) == 1
+        next(iter(engine.running)).cancel()
+        records = engine.take(5000)
+    finally:
+        engine.close()
+    assert [(r[0], r[1], r[2]) for r in records] == [(7, False, ss.errors.SYSTEM)]
+    assert "cancelled" in records[0][5]

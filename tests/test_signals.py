@@ -5,6 +5,7 @@ usable with nothing lost."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import threading
@@ -13,7 +14,7 @@ import time
 import pytest
 
 import streamsock as ss
-from peers import SilentServer
+from peers import PyTLSServer, SilentServer
 
 INTERVAL = 0.1  # seconds between SIGALRMs
 
@@ -117,3 +118,44 @@ def test_a_handler_runs_while_another_thread_waits_in_a_read(backend):
                 signal.signal(signal.SIGALRM, previous)
                 reader.join(5)
     assert outcome and 0.95 <= outcome[0] < 1.5
+
+
+class _Stop(BaseException):
+    """A handler's own exception, not Ctrl-C's (a test runner's timeout, say)."""
+
+
+def _probe_task_running() -> bool:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no loop running in this thread
+        return False
+    return task is not None and task.get_coro().__qualname__ == "Engine._probe"
+
+
+def test_a_handler_that_raises_inside_a_probe_ends_the_probe_with_it(backend, pki):
+    """The handler's exception reaches the caller of the probe, and nothing is
+    left open. On the pure backend it is raised inside one of the engine's probe
+    tasks (the handler waits for one), where asyncio keeps any exception but
+    Ctrl-C's and SystemExit in the task; the engine raises it from take()."""
+    raised_in: list[bool] = []
+
+    def stop(*_):
+        in_probe = _probe_task_running()
+        if not raised_in and (in_probe or backend.name == "native"):  # the C engine has no tasks: anywhere will do
+            raised_in.append(in_probe)
+            raise _Stop
+
+    with PyTLSServer(pki.server_certfile, pki.server_keyfile, mode="close_after_handshake") as server:
+        context = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+        run = backend.probe([f"tls://127.0.0.1:{server.port}"] * 3000, context=context, concurrency=50)
+        previous = signal.signal(signal.SIGPROF, stop)
+        signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)  # every 2 ms of the process's CPU time
+        try:
+            with pytest.raises(_Stop):
+                for _ in run:
+                    pass
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            signal.signal(signal.SIGPROF, previous)
+            run.close()
+    assert raised_in == [backend.name == "pure"]

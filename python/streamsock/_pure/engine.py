@@ -215,6 +215,10 @@ class Engine:
         self.pump_later: asyncio.TimerHandle | None = None
         self.pump_next_turn = False  # a _pump is scheduled for the loop's next turn
         self.draining = False  # take() is about to return: no new probe starts
+        self.closing = False  # close() cancels what runs: those probes are not reported
+        # What a signal handler raised inside a probe, for take() to raise: asyncio keeps
+        # a BaseException other than Ctrl-C's and SystemExit in the task that was running.
+        self.interrupted: BaseException | None = None
         self.wakeup: asyncio.Future[None] | None = None
         self.thread: threading.Thread | None = None
         if _running_loop() is not None:  # our loop cannot run inside the caller's
@@ -241,8 +245,14 @@ class Engine:
                     self.clock.stop()
         else:
             with self.cond:
-                self.cond.wait_for(lambda: self.results, timeout_ms / 1000)
+                self.cond.wait_for(lambda: self.results or self.interrupted, timeout_ms / 1000)
         with self.cond:
+            interrupted, self.interrupted = self.interrupted, None
+            if interrupted is not None:
+                try:
+                    raise interrupted
+                finally:  # no cycle through this frame: what the probe held goes with the exception
+                    interrupted = None
             out, self.results = self.results, []
         if self.thread is not None and out:
             self.loop.call_soon_threadsafe(self._pump)  # results taken: room to start more
@@ -335,26 +345,42 @@ class Engine:
 
     def _finished(self, index: int, task: asyncio.Task[EngineRecord]) -> None:
         self.running.discard(task)
-        if task.cancelled():
+        if self.closing:
+            if not task.cancelled():
+                task.exception()  # seen: what a probe raised while we close is nobody's now
             return
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, Exception):
-            return  # Ctrl-C or SystemExit inside the probe: already on its way to the caller, who stops us
-        record = task.result() if exc is None else self._crashed(index, task, exc)
+        if task.cancelled():  # by nothing of ours but close(): still a record, or the caller waits for it forever
+            record = self._crashed(index, task, asyncio.CancelledError("the probe was cancelled"))
+        elif (exc := task.exception()) is not None and not isinstance(exc, Exception):
+            # A signal handler's exception, raised while this probe ran: the caller's, who then
+            # stops us. asyncio re-raises Ctrl-C and SystemExit from the loop itself.
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                with self.cond:
+                    self.interrupted = exc
+                    self.cond.notify_all()
+                self._wake()
+            return
+        else:
+            record = task.result() if exc is None else self._crashed(index, task, exc)
         with self.cond:
             self.results.append(record)
             self.cond.notify_all()
-        if self.wakeup is not None and not self.wakeup.done():
-            self.wakeup.set_result(None)
+        self._wake()
         self._pump_next_turn()  # with the other slots freed this turn: one batch of starts
 
-    def _crashed(self, index: int, task: asyncio.Task[EngineRecord], exc: Exception) -> EngineRecord:
+    def _wake(self) -> None:
+        """Ends take()'s wait for the first record."""
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def _crashed(self, index: int, task: asyncio.Task[EngineRecord], exc: BaseException) -> EngineRecord:
         """The record of a probe that raised what no probe should: a failed
         record all the same, so the target is reported and the scan goes on."""
         self.loop.call_exception_handler({"message": "probe failed unexpectedly", "exception": exc, "task": task})
         return _record(index, _e.error(_e.SYSTEM, f"probe failed unexpectedly: {exc!r}"), (_NO_TIME,) * 4)
 
     async def _cancel(self) -> None:
+        self.closing = True
         self.queued.clear()
         if self.pump_later is not None:
             self.pump_later.cancel()
@@ -424,9 +450,9 @@ class Engine:
             # A name: connect to each address plainly, then TLS under the name.
             target = a if host == a.host else Address(Transport.TCP, host, a.port)
             conn = open_client(target, ctx, tls if target is a else None)
-            conn.offer_session = session
-            conn.capture_hello = True
-            try:
+            try:  # from here on, whatever happens, the socket is closed or handed on
+                conn.offer_session = session
+                conn.capture_hello = True
                 await self._drive(clock, conn)
                 if tls is not None and not conn.is_tls:
                     clock.tls_start, clock.phase = self.clock.now(), "handshake"
