@@ -24,7 +24,7 @@ import time
 import pytest
 
 import streamsock as ss
-from peers import PyTLSServer, RawServer, SilentServer, UDPEchoServer, refused_port, short_tempdir
+from peers import OpenSSLServer, PyTLSServer, RawServer, SilentServer, UDPEchoServer, refused_port, short_tempdir
 
 CLI = [sys.executable, "-m", "streamsock"]
 DEADLINE = 20.0  # for any one command; the tests take well under a second each
@@ -619,3 +619,24 @@ def test_serve_usage_errors_exit_2(args, expected):
     result = run_cli("serve", *args)
     assert result.returncode == 2
     assert result.stderr.startswith(b"streamsock serve: ") and expected in result.stderr, result.stderr
+
+
+def test_probe_reaches_a_tls10_server_once_asked(backend, pki):
+    """OpenSSL 3 speaks TLS 1.0 only at security level 0, and TLS 1.0 has only
+    SHA-1 suites: --min-tls 1.0 with --security-level 0 reaches such a server
+    (the default suites widen to OpenSSL's below TLS 1.2), --ciphers picks them."""
+    legacy_only = ("-tls1", "-cipher", "DEFAULT:@SECLEVEL=0")
+    with OpenSSLServer(pki.server_certfile, pki.server_keyfile, mode="www", extra_args=legacy_only) as peer:
+        common = ("probe", "--json", "--cafile", pki.cafile, "--sni", "localhost", "--backend", backend.name,
+                  f"tls://127.0.0.1:{peer.port}")
+        refused = run_cli(*common)
+        reached = run_cli(*common, "--min-tls", "1.0", "--security-level", "0")
+        picked = run_cli(*common, "--min-tls", "1.0", "--security-level", "0",
+                         "--ciphers", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA")
+    assert refused.returncode == 1 and json_lines(refused.stdout)[0]["error"] == "SS_ERR_TLS"
+    for result in (reached, picked):
+        assert result.returncode == 0, result.stderr.decode()
+        assert json_lines(result.stdout)[0]["tls_version"] == "TLSv1"
+    assert json_lines(picked.stdout)[0]["cipher"].endswith("-AES128-SHA")
+    bad_level = run_cli("probe", "--security-level", "9", "tls://127.0.0.1:1")
+    assert bad_level.returncode == 2 and b"--security-level" in bad_level.stderr

@@ -72,6 +72,10 @@ DEFAULT_SOCKET_TIMEOUT = 60.0  # PHP's default_socket_timeout
 # same suites. Narrower than PHP's list (see the README's Differences from PHP).
 # TLS 1.3 suites are not affected.
 DEFAULT_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+# ... and when the versions allowed reach below TLS 1.2, which has no suite
+# without SHA-1: OpenSSL's own list (OpenSSL 3 still allows those versions only
+# at security_level 0).
+LEGACY_CIPHERS = "DEFAULT"
 
 
 _INT32_MAX = 0x7FFFFFFF  # integer options reach C as int32
@@ -328,7 +332,7 @@ class Context:
             local_cert=_opt_path(o.get("local_cert")),
             local_pk=_opt_path(o.get("local_pk")),
             passphrase=o.get("passphrase"),
-            ciphers=o.get("ciphers", DEFAULT_CIPHERS),
+            ciphers=o.get("ciphers", LEGACY_CIPHERS if low < _TLS12 else DEFAULT_CIPHERS),
             alpn=alpn_wire(o["alpn_protocols"]) if "alpn_protocols" in o else b"",
             sni_certs=sni,
             no_ticket=o.get("no_ticket", False),

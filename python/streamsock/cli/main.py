@@ -50,7 +50,8 @@ _TLS_VERSIONS = {"1.0": 8, "1.1": 16, "1.2": 32, "1.3": 64}  # CRYPTO_PROTO_TLSv
 
 def tls_client_context(args: argparse.Namespace) -> Context | None:
     """The Context for --cafile, --insecure, --peer-name/--sni, --pin and the
-    options only probe has (--alpn, --cert/--key, --min-tls/--max-tls); None
+    options only probe has (--alpn, --cert/--key, --min-tls/--max-tls,
+    --ciphers, --security-level); None
     when none was given, so the defaults apply."""
     ssl: dict[str, Any] = {}
     if args.cafile:
@@ -68,6 +69,10 @@ def tls_client_context(args: argparse.Namespace) -> Context | None:
     for option, name in (("min_tls", "min_proto_version"), ("max_tls", "max_proto_version")):
         if getattr(args, option, None):
             ssl[name] = _TLS_VERSIONS[getattr(args, option)]
+    if getattr(args, "ciphers", None):
+        ssl["ciphers"] = args.ciphers
+    if getattr(args, "security_level", None) is not None:
+        ssl["security_level"] = args.security_level
     if args.insecure:
         ssl.update(verify_peer=False, verify_peer_name=False)
     if args.pin:
@@ -356,6 +361,11 @@ def _add_probe_parser(sub: _Subparsers) -> None:
     p.add_argument("--key", metavar="FILE", help="its private key (PEM)")
     p.add_argument("--min-tls", choices=tuple(_TLS_VERSIONS), help="the oldest TLS version to offer")
     p.add_argument("--max-tls", choices=tuple(_TLS_VERSIONS), help="the newest TLS version to offer")
+    p.add_argument("--ciphers", metavar="LIST",
+                   help="the TLS 1.2-and-older suites to offer, in OpenSSL's syntax (default: forward secrecy "
+                        "and no SHA-1; OpenSSL's DEFAULT with --min-tls 1.0 or 1.1)")
+    p.add_argument("--security-level", metavar="N", type=int, choices=range(6),
+                   help="OpenSSL's security level 0-5 (default: the system's); TLS 1.0 and 1.1 need 0")
     _add_backend_option(p, "backend to probe with")
     p.set_defaults(func=_command_module("probe"))
 
