@@ -72,9 +72,11 @@ DEFAULT_SOCKET_TIMEOUT = 60.0  # PHP's default_socket_timeout
 # same suites. Narrower than PHP's list (see the README's Differences from PHP).
 # TLS 1.3 suites are not affected.
 DEFAULT_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
-# ... and when the versions allowed reach below TLS 1.2, which has no suite
-# without SHA-1: OpenSSL's own list (OpenSSL 3 still allows those versions only
-# at security_level 0).
+# ... and when every version allowed is older than TLS 1.2 (tlsv1.0://, say),
+# where the list above has no suite to offer: OpenSSL's own list (OpenSSL 3
+# allows those versions only at security_level 0). A range that includes TLS
+# 1.2 keeps the list above: PHP code asks for CRYPTO_METHOD_TLS_CLIENT (1.0 to
+# 1.3) as a matter of course.
 LEGACY_CIPHERS = "DEFAULT"
 
 
@@ -332,7 +334,7 @@ class Context:
             local_cert=_opt_path(o.get("local_cert")),
             local_pk=_opt_path(o.get("local_pk")),
             passphrase=o.get("passphrase"),
-            ciphers=o.get("ciphers", LEGACY_CIPHERS if low < _TLS12 else DEFAULT_CIPHERS),
+            ciphers=o.get("ciphers", LEGACY_CIPHERS if 0 < high < _TLS12 else DEFAULT_CIPHERS),
             alpn=alpn_wire(o["alpn_protocols"]) if "alpn_protocols" in o else b"",
             sni_certs=sni,
             no_ticket=o.get("no_ticket", False),

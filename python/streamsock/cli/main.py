@@ -17,7 +17,7 @@ from typing import IO, Any, Callable, Iterator, Sequence, TypeAlias
 
 from .. import __version__, _backend
 from ..address import Address
-from ..context import Context
+from ..context import LEGACY_CIPHERS, Context
 from ..errors import AddressError
 from ..starttls import PROTOCOLS as STARTTLS_PROTOCOLS
 from ..stream import SHUT_WR, Stream, select
@@ -71,6 +71,8 @@ def tls_client_context(args: argparse.Namespace) -> Context | None:
             ssl[name] = _TLS_VERSIONS[getattr(args, option)]
     if getattr(args, "ciphers", None):
         ssl["ciphers"] = args.ciphers
+    elif getattr(args, "min_tls", None) in ("1.0", "1.1"):
+        ssl["ciphers"] = LEGACY_CIPHERS  # asked to reach old servers: their suites all use SHA-1
     if getattr(args, "security_level", None) is not None:
         ssl["security_level"] = args.security_level
     if args.insecure:
