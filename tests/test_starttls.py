@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
+import ssl
+import threading
+
 import pytest
 
 import streamsock as ss
@@ -238,3 +244,73 @@ def test_a_session_from_other_tls_settings(backend, pki):
             first.write(b"bye\n")
         for thread in threads:
             thread.join(10)
+
+
+def test_a_peer_that_floods_before_its_close_notify_fails_the_downgrade_clearly(backend, pki):
+    """enable_crypto(False) keeps what arrives before the peer's close_notify, up
+    to 1 MiB; beyond that a TLSError in the same words on both backends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki.server_certfile, pki.server_keyfile)
+    client_done = threading.Event()
+
+    def flood():
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(10)
+            tls.sendall(b"x" * 64)  # the client reads this, then turns TLS off
+            with contextlib.suppress(OSError):  # the client stops reading at its limit
+                tls.sendall(b"y" * (2 << 20))  # more than the client keeps, and no close_notify
+            client_done.wait(10)  # closing with our close_notify unread would reset the connection
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    try:
+        with listener:
+            ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+            with backend.client(f"tls://127.0.0.1:{listener.getsockname()[1]}", timeout=10, context=ctx) as s:
+                assert s.read(64) == b"x" * 64
+                with pytest.raises(ss.TLSError) as raised:
+                    s.enable_crypto(False)
+    finally:
+        client_done.set()
+        thread.join(20)
+    assert str(raised.value) == "Failed to enable crypto (more than 1048576 bytes arrived before the peer's close_notify)"
+
+
+def test_a_downgrade_keeps_what_the_peer_sent_with_its_close_notify(backend, pki):
+    """A peer's last words and its close_notify, arrived before enable_crypto(False)
+    was called: the downgrade completes and the words are read after it, as
+    plaintext-era bytes are. Python's shutdown() alone would fail the connection
+    ("application data after close notify")."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki.server_certfile, pki.server_keyfile)
+    said = threading.Event()
+
+    def last_words():
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(10)
+            assert tls.recv(5) == b"ready"
+            tls.sendall(b"bye over TLS\n")
+            plain = tls.unwrap()  # our close_notify, then the client's
+            said.set()
+            plain.sendall(b"plaintext again\n")
+            plain.recv(1)  # until the client closes
+
+    thread = threading.Thread(target=last_words)
+    thread.start()
+    try:
+        with listener:
+            ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+            with backend.client(f"tls://127.0.0.1:{listener.getsockname()[1]}", timeout=10, context=ctx) as s:
+                s.write(b"ready")
+                assert select.select([s], [], [], 10)[0]  # the last words (and the close_notify) are here
+                assert s.enable_crypto(False) is True
+                assert s.crypto is None
+                assert s.readline() == b"bye over TLS\n"
+                assert s.readline() == b"plaintext again\n"
+    finally:
+        thread.join(20)
+    assert said.is_set()

@@ -388,6 +388,8 @@ class PureConnection:
 
     def _socket_failed(self, exc: OSError, what: str, context: ErrorContext) -> NoReturn:
         """A socket error under TLS, reported as the C core does (SSL_ERROR_SYSCALL)."""
+        if isinstance(exc, _e.StreamSocketError):
+            raise exc  # ours already, in its own words
         self._fail(_e.TLS, exc.errno or 0, f"{what}: {exc.strerror or exc}", context)
 
     def _handshake(self, context: ErrorContext) -> int:
@@ -476,14 +478,7 @@ class PureConnection:
     def _tls_shutdown_step(self, context: ErrorContext) -> int:
         assert self._ssl is not None  # "tls_shutdown" comes only from stop_tls, with TLS on
         if not self._shutdown_sent:
-            try:
-                _core(self._ssl).shutdown()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            except ssl.SSLError as exc:
-                self._fail_tls(exc, "TLS shutdown failed", context)
-            self._shutdown_sent = True
+            done = self._send_close_notify(context)
             if not self._flush():
                 return WANT_WRITE
             if done:
@@ -505,9 +500,44 @@ class PureConnection:
                 self._flush()
                 self._return_leftovers()
                 return DONE
-            if len(self._handback) + len(data) > _HANDBACK_MAX:
-                self._fail(_e.TLS, 0, f"more than {_HANDBACK_MAX} bytes arrived before the peer's close_notify")
-            self._handback += data
+            self._hand_back(data, context)
+
+    def _send_close_notify(self, context: ErrorContext) -> bool:
+        """Sends our close_notify; True when the peer's has come too.
+
+        Python's shutdown() calls SSL_shutdown a second time when the first
+        only sent ours, and that call fails the connection on any application
+        data it finds waiting ("application data after close notify"), where
+        the C core reads on. So what has arrived is decrypted first, into the
+        handback, as the C core keeps what comes before the peer's close_notify."""
+        assert self._ssl is not None and self._in is not None  # TLS is on
+        peer_done = False
+        while not peer_done:
+            try:
+                data = self._ssl.read(_RECV)
+            except ssl.SSLWantReadError:
+                break  # the rest, if any, is a record still arriving: after our close_notify
+            except ssl.SSLZeroReturnError:
+                peer_done = True
+            except ssl.SSLError as exc:
+                self._fail_tls(exc, "TLS shutdown failed", context)
+            else:
+                peer_done = not data
+                self._hand_back(data, context)
+        try:
+            _core(self._ssl).shutdown()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self._fail_tls(exc, "TLS shutdown failed", context)
+        self._shutdown_sent = True
+        return done or peer_done
+
+    def _hand_back(self, data: bytes, context: ErrorContext) -> None:
+        if len(self._handback) + len(data) > _HANDBACK_MAX:
+            self._fail(_e.TLS, 0, f"more than {_HANDBACK_MAX} bytes arrived before the peer's close_notify", context)
+        self._handback += data
 
     def _return_leftovers(self) -> None:
         # Plaintext that followed the peer's close_notify in the same read.
@@ -775,27 +805,7 @@ class PureConnection:
         if self._ssl is not None and self.state == "established" and how != socket.SHUT_RD:
             # TLS ends its write side with close_notify: a bare FIN would read as a truncation.
             if not self._shutdown_sent:
-                # Python's shutdown() calls SSL_shutdown twice, and the second
-                # call reads for the peer's close_notify: data already here
-                # would be taken as "application data after close notify".
-                # Plaintext decrypted and not yet read moves to the handback,
-                # records not yet decrypted wait outside OpenSSL meanwhile.
-                try:
-                    if pending := self._ssl.pending():
-                        self._handback += self._ssl.read(pending)
-                except ssl.SSLError as exc:
-                    self._fail_tls(exc, "TLS read failed", None)
-                assert self._in is not None  # with self._ssl
-                unread = self._in.read()
-                try:
-                    _core(self._ssl).shutdown()  # sends; then says it waits for the peer's
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLError as exc:
-                    self._fail_tls(exc, "TLS shutdown failed", None)
-                finally:
-                    self._in.write(unread)
-                self._shutdown_sent = True
+                self._send_close_notify(None)
             try:
                 if not self._flush():
                     return False
