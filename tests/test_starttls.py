@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
@@ -278,39 +280,45 @@ def test_a_peer_that_floods_before_its_close_notify_fails_the_downgrade_clearly(
     assert str(raised.value) == "Failed to enable crypto (more than 1048576 bytes arrived before the peer's close_notify)"
 
 
-def test_a_downgrade_keeps_what_the_peer_sent_with_its_close_notify(backend, pki):
-    """A peer's last words and its close_notify, arrived before enable_crypto(False)
-    was called: the downgrade completes and the words are read after it, as
-    plaintext-era bytes are. Python's shutdown() alone would fail the connection
-    ("application data after close notify")."""
+def test_a_downgrade_keeps_a_record_that_arrived_unread(backend, pki):
+    """A TLS record that has arrived and is not read yet when enable_crypto(False)
+    is called: the downgrade completes and the record's bytes are read after it.
+    Python's shutdown() alone reads it as "application data after close notify"
+    and fails the connection."""
     listener = socket.create_server(("127.0.0.1", 0))
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(pki.server_certfile, pki.server_keyfile)
-    said = threading.Event()
+    first, tail = b"a" * 16384, b"tail\n"  # two records: TLS carries at most 16384 bytes in one
+    two_records = len(first) + len(tail) + 2 * (5 + 17)  # TLS 1.3: header, content type and tag each
 
-    def last_words():
+    def serve():
         conn, _ = listener.accept()
         with server_ctx.wrap_socket(conn, server_side=True) as tls:
             tls.settimeout(10)
+            tls.sendall(b"hello\n")
             assert tls.recv(5) == b"ready"
-            tls.sendall(b"bye over TLS\n")
-            plain = tls.unwrap()  # our close_notify, then the client's
-            said.set()
+            tls.sendall(first + tail)
+            plain = tls.unwrap()  # the client's close_notify, after ours
             plain.sendall(b"plaintext again\n")
             plain.recv(1)  # until the client closes
 
-    thread = threading.Thread(target=last_words)
+    thread = threading.Thread(target=serve)
     thread.start()
     try:
         with listener:
-            ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost"})
+            ctx = ss.Context(ssl={"cafile": pki.cafile, "peer_name": "localhost", "crypto_method":
+                                  ss.CRYPTO_METHOD_TLSv1_3_CLIENT})
             with backend.client(f"tls://127.0.0.1:{listener.getsockname()[1]}", timeout=10, context=ctx) as s:
+                assert s.readline() == b"hello\n"  # and the session tickets before it
                 s.write(b"ready")
-                assert select.select([s], [], [], 10)[0]  # the last words (and the close_notify) are here
+                with socket.socket(fileno=os.dup(s.fileno())) as peek:  # until both records have arrived
+                    peek.settimeout(10)
+                    deadline = time.monotonic() + 10
+                    while len(peek.recv(two_records, socket.MSG_PEEK)) < two_records:
+                        assert time.monotonic() < deadline  # the second follows the first within microseconds
+                assert s.read(len(first)) == first
                 assert s.enable_crypto(False) is True
-                assert s.crypto is None
-                assert s.readline() == b"bye over TLS\n"
+                assert s.read(len(tail)) == tail
                 assert s.readline() == b"plaintext again\n"
     finally:
         thread.join(20)
-    assert said.is_set()
