@@ -361,7 +361,8 @@ def _add_probe_parser(sub: _Subparsers) -> None:
     p.add_argument("--alpn", metavar="LIST", help="ALPN protocols to offer, e.g. h2,http/1.1")
     p.add_argument("--cert", metavar="FILE", help="a client certificate (PEM; may hold the key too)")
     p.add_argument("--key", metavar="FILE", help="its private key (PEM)")
-    p.add_argument("--min-tls", choices=tuple(_TLS_VERSIONS), help="the oldest TLS version to offer")
+    p.add_argument("--min-tls", choices=tuple(_TLS_VERSIONS),
+                   help="the oldest TLS version to offer (1.0 and 1.1 also need --security-level 0 on OpenSSL 3)")
     p.add_argument("--max-tls", choices=tuple(_TLS_VERSIONS), help="the newest TLS version to offer")
     p.add_argument("--ciphers", metavar="LIST",
                    help="the TLS 1.2-and-older suites to offer, in OpenSSL's syntax (default: forward secrecy "
