@@ -510,7 +510,7 @@ class PureConnection:
         data it finds waiting ("application data after close notify"), where
         the C core reads on. So what has arrived is decrypted first, into the
         handback, as the C core keeps what comes before the peer's close_notify."""
-        assert self._ssl is not None and self._in is not None  # TLS is on
+        assert self._ssl is not None  # TLS is on
         peer_done = False
         while not peer_done:
             try:

@@ -219,7 +219,6 @@ class Engine:
         # What a signal handler raised inside a probe, for take() to raise: asyncio keeps
         # a BaseException other than Ctrl-C's and SystemExit in the task that was running.
         self.interrupted: BaseException | None = None
-        self.running_count = 0  # len(running), as the caller's thread may read it
         self.wakeup: asyncio.Future[None] | None = None
         self.thread: threading.Thread | None = None
         if _running_loop() is not None:  # our loop cannot run inside the caller's
@@ -250,7 +249,7 @@ class Engine:
                     # The rest of the batch, waiting off the GIL: a caller that woke for every
                     # record would take the GIL from the loop's thread each time, and the
                     # probes in flight would wait for it.
-                    self.cond.wait_for(lambda: self.interrupted or not self.running_count, BATCH_WAIT)
+                    self.cond.wait_for(lambda: self.interrupted or not self.running, BATCH_WAIT)
         with self.cond:
             interrupted, self.interrupted = self.interrupted, None
             if interrupted is not None:
@@ -369,8 +368,7 @@ class Engine:
             record = task.result() if exc is None else self._crashed(index, task, exc)
         with self.cond:
             self.results.append(record)
-            self.running_count = len(self.running)
-            if len(self.results) == 1 or not self.running_count:  # the first of a batch, or the last probe
+            if len(self.results) == 1 or not self.running:  # the first of a batch, or the last probe
                 self.cond.notify_all()
         self._wake()
         self._pump_next_turn()  # with the other slots freed this turn: one batch of starts
